@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv demo test lint docs bench clean
+
+venv:
+	@bash scripts/bootstrap.sh
+
+demo: venv
+	$(PY) -m snn_ostl demo
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -n 2 -q
+
+lint: venv
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+docs: venv
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+bench: venv
+	$(PY) -m snn_ostl bench
+
+clean:
+	rm -rf docs/_build docs/auto_tutorials docs/generated runs

@@ -1,0 +1,391 @@
+"""One stateful layer under OSTL: its parameters, their traces, and its step hooks.
+
+The learner (:mod:`snn_ostl.learner`) owns one :class:`Layer` per stateful module and calls
+:meth:`Layer.before_step` / :meth:`Layer.after_step` from forward hooks. The maths lives in
+:mod:`snn_ostl.traces`; this file decides which form each parameter gets and wires the
+eligibility snapshot into the autograd graph through :func:`snn_ostl.inject.inject`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from snn_ostl import traces as T
+from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
+from snn_ostl.derivatives import ElementwiseDerivatives, Partial, dense_derivatives
+from snn_ostl.errors import ConfigurationError, Problem, StateError
+from snn_ostl.inject import inject
+
+__all__ = ["Layer", "TraceGroup"]
+
+FORMS = ("presynaptic", "per-synapse", "elementwise", "full-jacobian")
+
+
+@dataclass
+class TraceGroup:
+    """One trained parameter of a layer and how its eligibility is stored.
+
+    Attributes:
+        name: Qualified parameter name in the model (``"fc1.weight"``).
+        param: The parameter.
+        role: ``"weight"`` / ``"bias"`` of a synapse, ``"neuron"`` for the cell's own
+            elementwise parameters, ``"cell"`` for every parameter of a dense cell.
+        form: One of ``presynaptic``, ``per-synapse``, ``elementwise``, ``full-jacobian``.
+        op: The synapse operation (weights and biases only).
+        source: Where a synapse's input comes from: ``"input"`` or a state index.
+        key: Name of the parameter inside the adapter's partials (``"neuron"`` role).
+    """
+
+    name: str
+    param: nn.Parameter
+    role: str
+    form: str
+    op: T.SynapseOp | None = None
+    source: str | int = "input"
+    key: str = ""
+    trace: Any = field(default=None, repr=False)
+
+    def trace_bytes(self) -> int:
+        """Memory held by the current trace."""
+        items = self.trace if isinstance(self.trace, list) else [self.trace]
+        return sum(t.numel() * t.element_size() for t in items if isinstance(t, Tensor))
+
+
+def _stack_partials(parts: Sequence[Partial], like: Tensor) -> Tensor:
+    """S partials -> one [B, S, N] tensor (None -> 0)."""
+    flat = like.reshape(like.shape[0], -1)
+    out = []
+    for p in parts:
+        if p is None:
+            out.append(torch.zeros_like(flat))
+        elif isinstance(p, Tensor):
+            out.append(p.expand_as(like).reshape_as(flat))
+        else:
+            out.append(torch.full_like(flat, p))
+    return torch.stack(out, dim=1)
+
+
+class Layer:
+    """A stateful module, its trained parameters and their eligibility traces.
+
+    Args:
+        path: Qualified module name.
+        module: The stateful module.
+        adapter: Its adapter.
+        variant: ``"ostl"``, ``"ostl-no-h"`` or ``"eprop"``.
+    """
+
+    def __init__(self, path: str, module: nn.Module, adapter: CellAdapter, variant: str) -> None:
+        self.path, self.module, self.adapter, self.variant = path, module, adapter, variant
+        self.synapse: nn.Module | None = None
+        self.synapse_path: str | None = None
+        self.groups: list[TraceGroup] = []
+        self.bound = False
+        self.batch: int | None = None
+        self.neuron_shape: torch.Size | None = None
+        self.dtype: torch.dtype | None = None
+        self.device: torch.device | None = None
+        self.has_traces = False
+        self.step: StepRecord | None = None
+        self.inputs: dict[str | int, Tensor] = {}
+
+    # ------------------------------------------------------------------ planning
+    @property
+    def recurrent(self) -> bool:
+        """Whether the layer's own state drives its current through weights (full Jacobian)."""
+        if isinstance(self.adapter, DenseAdapter):
+            return True
+        if self.variant != "ostl":
+            return False
+        return any(isinstance(s.source, int) for s in self._internal())
+
+    def _internal(self):
+        if isinstance(self.adapter, ElementwiseAdapter):
+            return self.adapter.internal_synapses(self.module)
+        return []
+
+    def bind(self, synapse_path: str | None, synapse: nn.Module | None) -> None:
+        """Fix the layer's parameters and trace forms (at its first step)."""
+        self.synapse_path, self.synapse = synapse_path, synapse
+        prefix = f"{self.path}." if self.path else ""
+        groups: list[TraceGroup] = []
+        adapter = self.adapter
+        if isinstance(adapter, DenseAdapter):
+            for name, p in adapter.trained_parameters(self.module).items():
+                groups.append(TraceGroup(prefix + name, p, "cell", "full-jacobian", key=name))
+            self.groups = [g for g in groups if g.param.requires_grad]
+            self.bound = True
+            return
+        assert isinstance(adapter, ElementwiseAdapter)
+        dense = self.recurrent
+        factorised = adapter.factorised(self.module, self.variant) and not dense
+        # (name prefix, weight, bias, op, source) of every synapse feeding the current
+        synapses: list[tuple[str, str, str | None, nn.Module, T.SynapseOp, str | int]] = []
+        if synapse is not None:
+            spre = f"{synapse_path}." if synapse_path else ""
+            has_bias = getattr(synapse, "bias", None) is not None
+            synapses.append(
+                (
+                    spre,
+                    "weight",
+                    "bias" if has_bias else None,
+                    synapse,
+                    T.SynapseOp.of(synapse),
+                    "input",
+                )
+            )
+        for s in self._internal():
+            synapses.append(
+                (prefix, s.weight, s.bias, self.module, T.SynapseOp("linear"), s.source)
+            )
+        for spre, wname, bname, owner, op, source in synapses:
+            if op.kind != "linear" and not factorised:
+                raise ConfigurationError(
+                    [
+                        Problem(
+                            self.path,
+                            type(self.module).__name__,
+                            f"its synapse {spre.rstrip('.')} is a {op.kind}, and this neuron's "
+                            "reset or decay makes its traces per-synapse, which is only "
+                            "implemented for Linear synapses.",
+                            "use a Linear synapse, or a neuron setting whose traces factorise "
+                            "(see the supported-modules table).",
+                        )
+                    ]
+                )
+            weight = getattr(owner, wname)
+            if weight.requires_grad:
+                form = "full-jacobian" if dense else "presynaptic" if factorised else "per-synapse"
+                groups.append(TraceGroup(spre + wname, weight, "weight", form, op, source))
+            bias = getattr(owner, bname) if bname else None
+            if bias is not None and bias.requires_grad:
+                form = "full-jacobian" if dense else "presynaptic" if factorised else "elementwise"
+                groups.append(TraceGroup(spre + bname, bias, "bias", form, op, source))
+        for key, p in adapter.neuron_parameters(self.module).items():
+            if p.requires_grad:
+                form = "full-jacobian" if dense else "elementwise"
+                groups.append(TraceGroup(prefix + key, p, "neuron", form, key=key))
+        self.groups = groups
+        self.bound = True
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return [g.param for g in self.groups]
+
+    # ------------------------------------------------------------------ per step
+    def reset(self) -> None:
+        """Forget traces and the batch size (a new sequence starts)."""
+        for g in self.groups:
+            g.trace = None
+        self.has_traces = False
+        self.batch = None
+        self.step = None
+
+    def check(self, prev: Sequence[Tensor], current: Tensor) -> None:
+        """Refuse a state that does not fit the traces (new batch, shape, dtype, device)."""
+        name = type(self.module).__name__
+        where = self.path or "<root>"
+        batch = prev[0].shape[0]
+        if self.batch is not None and batch != self.batch:
+            raise StateError(
+                f"{where} ({name}): got a batch of {batch} samples but its eligibility traces "
+                f"hold {self.batch}. A new batch starts a new sequence: call learner.reset() "
+                "before its first step."
+            )
+        if self.neuron_shape is not None and prev[0].shape[1:] != self.neuron_shape:
+            raise StateError(
+                f"{where} ({name}): its state has shape {tuple(prev[0].shape)} but its traces "
+                f"were built for [B, {', '.join(map(str, self.neuron_shape))}]. Pass the state "
+                "this module returned at the previous step, or call learner.reset()."
+            )
+        for s in prev:
+            if s.shape[0] != batch:
+                raise StateError(
+                    f"{where} ({name}): its state tensors disagree on the batch size "
+                    f"({[tuple(t.shape) for t in prev]}). Pass the state the module returned."
+                )
+        if self.dtype is not None and (current.dtype, current.device) != (self.dtype, self.device):
+            raise StateError(
+                f"{where} ({name}): input is {current.dtype} on {current.device} but the "
+                f"traces are {self.dtype} on {self.device}. Keep one dtype and device for a "
+                "whole sequence, or call learner.reset() after moving the model."
+            )
+
+    def before_step(
+        self, prev: tuple[Tensor, ...], current: Tensor, inputs: dict
+    ) -> tuple[Tensor, ...]:
+        """Detach the previous state and attach the history term; returns the state to use."""
+        prev = tuple(s.detach() for s in prev)
+        self.check(prev, current)
+        self.inputs = inputs
+        self.step = StepRecord(current=current, prev=prev)
+        if not self.has_traces or not self.groups:
+            return prev
+        snapshot = [g.trace for g in self.groups]
+        groups = list(self.groups)
+        spikes = set(self.adapter.spike_states) if self.variant == "eprop" else set()
+
+        def history(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+            grads = [None if k in spikes else g for k, g in enumerate(grads)]
+            return [_contract(g, tr, grads) for g, tr in zip(groups, snapshot)]
+
+        return inject(history, prev, [g.param for g in groups])
+
+    def after_step(self, new: tuple[Tensor, ...]) -> None:
+        """Advance every trace by one step: ``e_t = J_t e_{t-1} + ∂s_t/∂θ``."""
+        step = self.step
+        if step is None:
+            return
+        step.new = tuple(new)
+        self.step = None
+        like = step.prev[0]
+        if self.batch is None:
+            self.batch, self.neuron_shape = like.shape[0], like.shape[1:]
+            self.dtype, self.device = step.current.dtype, step.current.device
+        if not self.groups:
+            return
+        with torch.no_grad():
+            if isinstance(self.adapter, DenseAdapter):
+                self._advance_dense_cell(step)
+            else:
+                self._advance_elementwise(step)
+        self.has_traces = True
+
+    # ------------------------------------------------------------------ trace updates
+    def total_current(self, step: StepRecord) -> Tensor:
+        """a_t for cells with internal synapses (only the generic derivatives need it)."""
+        if self.synapse is not None or not self._internal():
+            return step.current
+        total = None
+        for s in self._internal():
+            x = self._synapse_input(s.source, step)
+            a = F.linear(x, getattr(self.module, s.weight))
+            if s.bias:
+                a = a + getattr(self.module, s.bias)
+            total = a if total is None else total + a
+        return total
+
+    def _synapse_input(self, source: str | int, step: StepRecord) -> Tensor:
+        if source == "input":
+            return self.inputs.get("input", step.current)
+        return step.prev[int(source)]
+
+    def _derivatives(self, step: StepRecord) -> ElementwiseDerivatives:
+        adapter = self.adapter
+        assert isinstance(adapter, ElementwiseAdapter)
+        d = adapter.derivatives(self.module, step, self.variant, lambda: self.total_current(step))
+        if self.variant == "eprop":
+            spikes = set(adapter.spike_states)
+            d.state = [[None if j in spikes else p for j, p in enumerate(row)] for row in d.state]
+        return d
+
+    def _advance_elementwise(self, step: StepRecord) -> None:
+        d = self._derivatives(step)
+        like = step.prev[0]
+        dense_jac = self._full_jacobian(d, like) if self.recurrent else None
+        for g in self.groups:
+            if g.form == "full-jacobian":
+                g.trace = T.update_dense(dense_jac, g.trace, self._dense_immediate(g, d, step))
+            elif g.role == "weight":
+                x = self._synapse_input(g.source, step).detach()
+                old = g.trace or [None] * d.num_states
+                if g.form == "presynaptic":
+                    g.trace = T.update_presynaptic(d.state, d.current, old, x)
+                else:
+                    g.trace = T.update_per_synapse(d.state, d.current, old, x)
+            elif g.role == "bias":
+                old = g.trace or [None] * d.num_states
+                if g.form == "presynaptic":
+                    one = torch.ones((), dtype=like.dtype, device=like.device)
+                    g.trace = T.update_presynaptic(d.state, d.current, old, one)
+                else:
+                    g.trace = T.update_elementwise(d.state, d.current, old, like)
+            else:
+                old = g.trace or [None] * d.num_states
+                g.trace = T.update_elementwise(d.state, d.params[g.key], old, like)
+
+    def _full_jacobian(self, d: ElementwiseDerivatives, like: Tensor) -> Tensor:
+        jac = T.dense_from_elementwise(d.state, like)
+        batch, n, size = like.shape[0], like[0].numel(), d.num_states
+        view = jac.view(batch, size, n, size, n)
+        for s in self._internal():
+            if not isinstance(s.source, int):
+                continue
+            weight = getattr(self.module, s.weight).detach()
+            for k, c in enumerate(d.current):
+                if c is None:
+                    continue
+                c_t = (
+                    c.reshape(batch, n)
+                    if isinstance(c, Tensor)
+                    else torch.full_like(like.reshape(batch, n), c)
+                )
+                view[:, k, :, s.source, :] += c_t.unsqueeze(-1) * weight.unsqueeze(0)
+        return jac
+
+    def _dense_immediate(
+        self, g: TraceGroup, d: ElementwiseDerivatives, step: StepRecord
+    ) -> Tensor:
+        like = step.prev[0]
+        batch, n, size = like.shape[0], like[0].numel(), d.num_states
+        if g.role in ("weight", "bias"):
+            c = _stack_partials(d.current, like)  # [B, S, N]
+            if g.role == "bias":
+                imm = like.new_zeros(batch, size, n, n)
+                imm.diagonal(dim1=2, dim2=3).copy_(c)
+                return imm.reshape(batch, size * n, n)
+            x = self._synapse_input(g.source, step).detach().reshape(batch, -1)
+            width = x.shape[1]
+            imm = like.new_zeros(batch, size, n, n, width)
+            imm.diagonal(dim1=2, dim2=3).copy_(x[:, None, :, None] * c[:, :, None, :])
+            return imm.reshape(batch, size * n, n * width)
+        dp = _stack_partials(d.params[g.key], like)  # [B, S, N]
+        numel = g.param.numel()
+        index = torch.arange(numel, device=like.device).reshape(g.param.shape)
+        index = index.expand(like.shape[1:]).reshape(-1)
+        imm = like.new_zeros(batch, size, n, numel)
+        imm[:, :, torch.arange(n, device=like.device), index] = dp
+        return imm.reshape(batch, size * n, numel)
+
+    def _advance_dense_cell(self, step: StepRecord) -> None:
+        adapter = self.adapter
+        assert isinstance(adapter, DenseAdapter)
+        params = {g.key: g.param for g in self.groups}
+        d = dense_derivatives(
+            lambda x, s, p: adapter.step(self.module, x, s, p), step.current, step.prev, params
+        )
+        for g in self.groups:
+            g.trace = T.update_dense(d.state, g.trace, d.params[g.key])
+
+
+def _contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tensor | None:
+    """The history term ``ĝ_{t-1} · e_{t-1}`` for one parameter."""
+    if trace is None:
+        return None
+    shape = g.param.shape
+    if g.form == "full-jacobian":
+        out = T.contract_dense(grads, trace, shape)
+    elif g.role == "weight" and g.form == "presynaptic":
+        out = T.contract_presynaptic(g.op, grads, trace, g.param)
+    elif g.role == "weight":
+        out = T.contract_per_synapse(grads, trace)
+    elif g.role == "bias" and g.form == "presynaptic":
+        out = None
+        for gk, bk in zip(grads, trace):
+            if gk is not None and bk is not None:
+                term = g.op.bias_grad(gk) * bk
+                out = term if out is None else out + term
+    elif g.role == "bias":
+        # a conv bias is per channel while the neuron state is [C, H, W]
+        target = shape if grads[0] is None or grads[0].dim() == 2 else (shape[0], 1, 1)
+        out = T.contract_elementwise(grads, trace, torch.Size(target))
+        out = None if out is None else out.reshape(shape)
+    else:
+        out = T.contract_elementwise(grads, trace, shape)
+    return None if out is None else out.to(g.param.dtype)

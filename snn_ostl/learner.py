@@ -1,0 +1,322 @@
+"""The public learner: attach OSTL to an existing model with hooks, detach it cleanly.
+
+>>> learner = snn_ostl.OSTL(model)          # validates, then attaches
+>>> for x_t, y_t in sequence:
+...     loss = loss_fn(model(x_t), y_t)
+...     loss.backward()                     # .grad now holds the OSTL gradient
+>>> learner.detach()
+
+How it works (details on the theory page): before each step of a stateful module the learner
+detaches the module's previous state and passes it through an :func:`snn_ostl.inject.inject`
+node that holds the eligibility snapshot ``e_{t-1}``; after the step it advances the traces.
+The user's backward then yields the instantaneous gradient plus the history term, which is the
+OSTL gradient.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snn_ostl.errors import (
+    AlreadyAttachedError,
+    DetachedLearnerError,
+    StateError,
+    TraceBudgetError,
+    UnsupportedModuleError,
+)
+from snn_ostl.layer import Layer
+from snn_ostl.signals import FeedbackSignals
+from snn_ostl.validate import plan_model, supported_names
+
+__all__ = ["LEARNING_SIGNALS", "OSTL", "VARIANTS", "is_attached"]
+
+VARIANTS = ("ostl", "ostl-no-h", "eprop")
+LEARNING_SIGNALS = ("backprop", "random", "direct")
+
+# module -> learner, for every module of every attached model (weak: never keeps a model alive).
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, OSTL] = weakref.WeakKeyDictionary()
+
+
+def is_attached(model: nn.Module) -> bool:
+    """Whether an OSTL learner is attached to ``model`` or to any of its modules."""
+    return any(m in _ATTACHED for m in model.modules())
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"OSTL option {name}={value!r} is not valid; allowed values: "
+            + ", ".join(repr(a) for a in allowed)
+        )
+
+
+class OSTL:
+    """Online Spatio-Temporal Learning attached to an existing model.
+
+    Args:
+        model: The user's model; it is not wrapped or copied.
+        variant: ``"ostl"`` (exact eligibility), ``"ostl-no-h"`` (recurrent weights left out of
+            the Jacobian) or ``"eprop"`` (no path through the layer's own spikes).
+        learning_signal: ``"backprop"`` (exact instantaneous backprop), ``"random"`` (fixed random
+            feedback matrices in place of the transposed weights) or ``"direct"`` (the output
+            error sent to every layer through fixed random matrices).
+        seed: Seed of the random feedback matrices.
+        strict: Refuse modules the learner cannot train exactly. With ``strict=False`` they get
+            their instantaneous gradient, and :meth:`summary` says so.
+        trace_budget: Bytes of eligibility snapshots that may wait for a backward pass (a
+            whole-sequence backward keeps one per step). Past it, :class:`TraceBudgetError`.
+
+    Raises:
+        UnsupportedModuleError: The model holds modules it cannot train (all listed).
+        AlreadyAttachedError: Another learner is attached to this model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        variant: str = "ostl",
+        learning_signal: str = "backprop",
+        seed: int = 0,
+        strict: bool = True,
+        trace_budget: int = 2**31,
+    ) -> None:
+        from snn_ostl.adapters import load_available
+
+        _check_choice("variant", variant, VARIANTS)
+        _check_choice("learning_signal", learning_signal, LEARNING_SIGNALS)
+        if is_attached(model):
+            raise AlreadyAttachedError(
+                f"an OSTL learner is already attached to this {type(model).__name__} (or to one "
+                "of its modules). Call learner.detach() on it first, or use one learner."
+            )
+        load_available()
+        plan = plan_model(model, variant)
+        if plan.problems and strict:
+            raise UnsupportedModuleError(plan.problems, supported_names())
+        self.model = model
+        self.variant, self.learning_signal, self.strict = variant, learning_signal, strict
+        self.trace_budget = trace_budget
+        self._plan = plan
+        self._problem_paths = {p.path for p in plan.problems}
+        self.layers: dict[str, Layer] = {
+            path: Layer(path, module, adapter, variant)
+            for path, (module, adapter) in plan.layers.items()
+            if path not in self._problem_paths
+        }
+        self._synapse_paths = {m: p for p, m in plan.synapses.items()}
+        self._recent: dict[nn.Module, tuple[weakref.ref, Tensor]] = {}
+        self._order: dict[str, int] = {}
+        self._pending_bytes = 0
+        self._handles: list[Any] = []
+        self._attached = True
+        self.signals = FeedbackSignals(learning_signal, seed)
+        for layer in self.layers.values():
+            self._handles.append(
+                layer.module.register_forward_pre_hook(self._make_pre(layer), with_kwargs=True)
+            )
+            self._handles.append(
+                layer.module.register_forward_hook(self._make_post(layer), with_kwargs=True)
+            )
+        for module in self._synapse_paths:
+            self._handles.append(module.register_forward_pre_hook(self._synapse_pre))
+            self._handles.append(module.register_forward_hook(self._synapse_post))
+        if learning_signal == "direct":
+            self._handles.append(model.register_forward_hook(self._model_post))
+        for module in model.modules():
+            _ATTACHED[module] = self
+
+    # ------------------------------------------------------------------ public API
+    def reset(self) -> None:
+        """Start a new sequence: zero every trace and the state modules keep on themselves."""
+        self._check_attached()
+        for layer in self.layers.values():
+            layer.reset()
+            layer.adapter.reset(layer.module)
+        self._recent.clear()
+        self.signals.reset()
+
+    def detach(self) -> None:
+        """Remove every hook; the model behaves exactly as before attaching.
+
+        A graph built while attached keeps its history terms: a backward after ``detach()``
+        through steps taken before it still yields their OSTL gradient.
+        """
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for module in list(_ATTACHED):
+            if _ATTACHED.get(module) is self:
+                del _ATTACHED[module]
+        for layer in self.layers.values():
+            layer.reset()
+        self._recent.clear()
+        self._attached = False
+
+    def __enter__(self) -> OSTL:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are in place."""
+        return self._attached
+
+    def trained_parameters(self) -> dict[str, str]:
+        """Qualified parameter name -> stateful layer that owns it (after the first step)."""
+        return {g.name: layer.path for layer in self.layers.values() for g in layer.groups}
+
+    def execution_order(self) -> dict[str, int]:
+        """Qualified module name -> order of first call (stateful layers and synapses)."""
+        return dict(self._order)
+
+    def summary(self) -> str:
+        """A table of every trained parameter: module, cell, trace form, trace memory."""
+        from snn_ostl.summary import render_summary
+
+        return render_summary(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"OSTL(variant={self.variant!r}, learning_signal={self.learning_signal!r}, "
+            f"layers={list(self.layers)}, attached={self._attached})"
+        )
+
+    # ------------------------------------------------------------------ hooks
+    def _check_attached(self) -> None:
+        if not self._attached:
+            raise DetachedLearnerError(
+                "this OSTL learner was detached; attach a new one with snn_ostl.OSTL(model)."
+            )
+
+    def _note(self, path: str) -> None:
+        if path not in self._order:
+            self._order[path] = len(self._order)
+
+    def _synapse_pre(self, module: nn.Module, args: tuple) -> tuple | None:
+        if not torch.is_grad_enabled():
+            return None
+        return self.signals.before_synapse(module, args)
+
+    def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        if not torch.is_grad_enabled():
+            return None
+        self._note(self._synapse_paths[module])
+        output = self.signals.after_synapse(module, args, output, self._synapse_paths[module])
+        self._recent[module] = (weakref.ref(output), self.signals.synapse_input(module, args))
+        return output
+
+    def _model_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return None
+        return self.signals.after_model(output)
+
+    def _find_synapse(self, current: Tensor) -> tuple[nn.Module, Tensor] | None:
+        for module, (ref, x) in list(self._recent.items()):
+            if ref() is current:
+                del self._recent[module]
+                return module, x
+        return None
+
+    def _make_pre(self, layer: Layer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            if not torch.is_grad_enabled():
+                layer.step = None
+                return None
+            adapter = layer.adapter
+            current = adapter.current(module, args, kwargs)
+            prev = adapter.read_state(module, args, kwargs)
+            if prev is None:
+                prev = adapter.initial_state(module, current)
+            inputs: dict[str | int, Tensor] = {}
+            has_internal = bool(getattr(adapter, "internal_synapses", lambda m: [])(module))
+            found = None if has_internal else self._find_synapse(current)
+            if not layer.bound:
+                self._bind(layer, found)
+            elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):
+                raise StateError(
+                    f"{layer.path} ({type(module).__name__}): its input current came from "
+                    f"{layer.synapse_path} at the first step but not at this one. Feed the "
+                    "neuron from the same Linear/Conv module at every step (no operation in "
+                    "between)."
+                )
+            if found is not None:
+                inputs["input"] = found[1]
+            self._note(layer.path)
+            state = layer.before_step(tuple(prev), current, inputs)
+            self._track_pending(layer)
+            layer.variant_ctx = adapter.variant_forward(module, self.variant)
+            layer.variant_ctx.__enter__()
+            return adapter.write_state(module, args, kwargs, state)
+
+        return hook
+
+    def _make_post(self, layer: Layer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
+            ctx = getattr(layer, "variant_ctx", None)
+            if ctx is not None:
+                layer.variant_ctx = None
+                ctx.__exit__(None, None, None)
+            if layer.step is None:
+                return None
+            layer.after_step(layer.adapter.new_state(module, args, kwargs, output))
+            self.signals.after_layer(layer, output)
+            return None
+
+        return hook
+
+    def _bind(self, layer: Layer, found: tuple[nn.Module, Tensor] | None) -> None:
+        if found is None:
+            layer.bind(None, None)
+            return
+        synapse = found[0]
+        path = self._synapse_paths[synapse]
+        for other in self.layers.values():
+            if other.synapse is synapse:
+                raise StateError(
+                    f"{path} feeds both {other.path} and {layer.path}; a synapse may feed one "
+                    "stateful layer only. Give each layer its own Linear/Conv module."
+                )
+        layer.bind(path, synapse)
+        warn = [
+            p
+            for p, m in self._plan.synapses.items()
+            if p in self._order and not any(lay.synapse is m for lay in self.layers.values())
+        ]
+        for p in warn:
+            if p not in self._plan.instantaneous:
+                self._plan.instantaneous[p] = f"below {layer.path}: instantaneous gradient"
+                warnings.warn(
+                    f"{p} runs before the stateful layer {layer.path} without feeding it "
+                    "directly; it is trained with its instantaneous gradient (an approximation, "
+                    "see learner.summary()).",
+                    stacklevel=4,
+                )
+
+    def _track_pending(self, layer: Layer) -> None:
+        """Refuse to pile up eligibility snapshots past the budget (whole-sequence backward)."""
+        if not layer.has_traces:
+            return
+        size = sum(g.trace_bytes() for g in layer.groups)
+        self._pending_bytes += size
+        holder = layer.groups[0].trace
+        anchor = holder[0] if isinstance(holder, list) else holder
+        if isinstance(anchor, Tensor):
+            weakref.finalize(anchor, self._release, size)
+        if self._pending_bytes > self.trace_budget:
+            raise TraceBudgetError(
+                f"{layer.path}: {self._pending_bytes / 2**20:.0f} MiB of eligibility snapshots "
+                "wait for a backward pass (a backward over the whole sequence keeps one per "
+                f"step), more than trace_budget={self.trace_budget / 2**20:.0f} MiB. Call "
+                "loss.backward() every step or every few steps, or raise trace_budget."
+            )
+
+    def _release(self, size: int) -> None:
+        self._pending_bytes -= size

@@ -1,0 +1,150 @@
+"""Learning signals: how the error of step t reaches each layer.
+
+- ``"backprop"``: exact instantaneous backprop (the default; nothing to do here).
+- ``"random"``: feedback alignment. Every synapse whose input carries a gradient sends the error
+  down through a fixed random matrix of its weight's shape instead of the weight itself.
+- ``"direct"``: direct feedback alignment. No error flows between layers; the error at the
+  model's output reaches each stateful layer's output through a fixed random matrix.
+
+The matrices are drawn once per module from ``seed`` and kept for the learner's lifetime, so the
+feedback is fixed across steps and reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snn_ostl.traces import SynapseOp
+
+__all__ = ["FeedbackSignals"]
+
+
+class _RandomFeedback(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out, x, matrix, op, x_shape):  # type: ignore[override]
+        ctx.save_for_backward(matrix)
+        ctx.op, ctx.x_shape = op, x_shape
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (matrix,) = ctx.saved_tensors
+        op: SynapseOp = ctx.op
+        if op.kind == "linear":
+            grad_x = grad_out @ matrix
+        else:
+            fn = torch.nn.grad.conv1d_input if op.kind == "conv1d" else torch.nn.grad.conv2d_input
+            grad_x = fn(
+                ctx.x_shape, matrix, grad_out, op.stride, op.padding, op.dilation, op.groups
+            )
+        return grad_out, grad_x, None, None, None
+
+
+class _DirectFeedback(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, num_out, matrices, *tensors):  # type: ignore[override]
+        ctx.num_out, ctx.matrices = num_out, matrices
+        ctx.shapes = [t.shape for t in tensors]
+        ctx.set_materialize_grads(False)
+        return tuple(t.view_as(t) for t in tensors[:num_out])
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        num_out, shapes = ctx.num_out, ctx.shapes
+        batch = shapes[0][0]
+        errors = [
+            torch.zeros(batch, math.prod(s[1:])) if g is None else g.reshape(batch, -1)
+            for g, s in zip(grads, shapes[:num_out])
+        ]
+        ref = next((g for g in grads if g is not None), None)
+        error = torch.cat([e.to(ref) if ref is not None else e for e in errors], dim=1)
+        hidden = [
+            None if ref is None else (error @ m).reshape(s)
+            for m, s in zip(ctx.matrices, shapes[num_out:])
+        ]
+        return (None, None, *grads, *hidden)
+
+
+class FeedbackSignals:
+    """Implements the ``learning_signal`` option of :class:`snn_ostl.OSTL`.
+
+    Args:
+        kind: ``"backprop"``, ``"random"`` or ``"direct"``.
+        seed: Seed of the random matrices.
+    """
+
+    def __init__(self, kind: str, seed: int) -> None:
+        self.kind, self.seed = kind, seed
+        self.matrices: dict[Any, Tensor] = {}
+        self._inputs: dict[nn.Module, Tensor] = {}
+        self._hidden: list[tuple[str, Tensor]] = []
+
+    def reset(self) -> None:
+        """Forget per-step records (the matrices stay fixed)."""
+        self._inputs.clear()
+        self._hidden.clear()
+
+    def _matrix(self, key: Any, shape: tuple[int, ...], like: Tensor, fan_in: int) -> Tensor:
+        matrix = self.matrices.get(key)
+        if matrix is None:
+            gen = torch.Generator().manual_seed(self.seed + len(self.matrices))
+            bound = 1.0 / math.sqrt(max(fan_in, 1))
+            matrix = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            self.matrices[key] = matrix = matrix.to(dtype=like.dtype, device=like.device)
+        return matrix
+
+    # ---------------------------------------------------------------- synapses
+    def before_synapse(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Cut the exact backprop path through the synapse's weights when feedback is random."""
+        if self.kind == "backprop" or not args or not args[0].requires_grad:
+            return None
+        self._inputs[module] = args[0]
+        return (args[0].detach(), *args[1:])
+
+    def synapse_input(self, module: nn.Module, args: tuple) -> Tensor:
+        """The synapse's input x_t (without its graph) for the traces."""
+        return args[0].detach()
+
+    def after_synapse(self, module: nn.Module, args: tuple, output: Tensor, path: str) -> Tensor:
+        """Route the error to the synapse's input through a fixed random matrix."""
+        x = self._inputs.pop(module, None)
+        if self.kind != "random" or x is None:
+            return output
+        weight = module.weight
+        fan_in = weight[0].numel()
+        matrix = self._matrix(path, tuple(weight.shape), weight, fan_in)
+        return _RandomFeedback.apply(output, x, matrix, SynapseOp.of(module), x.shape)
+
+    # ---------------------------------------------------------------- direct feedback
+    def after_layer(self, layer: Any, output: Any) -> None:
+        """Remember the layer's spikes of this step (direct feedback targets them)."""
+        if self.kind == "direct":
+            self._hidden.append((layer.path, layer.adapter.spikes(output)))
+
+    def after_model(self, output: Any) -> Any:
+        """Send the output error to every hidden layer's spikes through random matrices."""
+        hidden, self._hidden = self._hidden, []
+        outs = (
+            [output]
+            if isinstance(output, Tensor)
+            else [
+                t
+                for t in (output if isinstance(output, (tuple, list)) else [])
+                if isinstance(t, Tensor)
+            ]
+        )
+        hidden = [(p, y) for p, y in hidden if not any(y is o for o in outs) and y.requires_grad]
+        if not outs or not hidden:
+            return None
+        width = sum(o[0].numel() for o in outs)
+        matrices = [self._matrix(p, (width, y[0].numel()), y, width) for p, y in hidden]
+        new = _DirectFeedback.apply(len(outs), matrices, *outs, *(y for _, y in hidden))
+        if isinstance(output, Tensor):
+            return new[0]
+        it = iter(new)
+        rebuilt = [next(it) if isinstance(t, Tensor) else t for t in output]
+        return type(output)(rebuilt) if isinstance(output, tuple) else rebuilt

@@ -1,0 +1,115 @@
+"""The learner's summary table: which parameter is trained how, and what its traces cost."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snn_ostl.learner import OSTL
+
+__all__ = ["render_summary", "summary_rows"]
+
+_EXACTNESS = {
+    "presynaptic": "eligibility (exact)",
+    "per-synapse": "eligibility (exact)",
+    "elementwise": "eligibility (exact)",
+    "full-jacobian": "eligibility (exact)",
+}
+
+
+def _mib(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.2f} MiB" if num_bytes else "-"
+
+
+def summary_rows(learner: OSTL) -> list[dict[str, str]]:
+    """One row per trained parameter or module, as plain strings.
+
+    Keys: ``module``, ``cell``, ``parameter``, ``form``, ``gradient``, ``memory``.
+    """
+    rows: list[dict[str, str]] = []
+    owned: set[int] = set()
+    for path, layer in learner.layers.items():
+        cell = type(layer.module).__name__
+        if not layer.bound:
+            rows.append(
+                {
+                    "module": path,
+                    "cell": cell,
+                    "parameter": "(not run yet)",
+                    "form": "chosen at the first step",
+                    "gradient": f"{learner.variant} eligibility",
+                    "memory": "-",
+                }
+            )
+            continue
+        approx = "; ".join(layer.adapter.approximations(layer.module))
+        for g in layer.groups:
+            owned.add(id(g.param))
+            kind = f"{learner.variant} eligibility"
+            if learner.variant == "ostl":
+                kind = _EXACTNESS[g.form]
+            if approx:
+                kind += f" [approximation: {approx}]"
+            rows.append(
+                {
+                    "module": path,
+                    "cell": cell,
+                    "parameter": g.name,
+                    "form": g.form,
+                    "gradient": kind,
+                    "memory": _mib(g.trace_bytes()),
+                }
+            )
+    order = learner.execution_order()
+    layer_order = [order[p] for p in learner.layers if p in order]
+    for name, param in learner.model.named_parameters():
+        if id(param) in owned or not param.requires_grad:
+            continue
+        module_path = name.rsplit(".", 1)[0] if "." in name else ""
+        reason = learner._plan.instantaneous.get(module_path)
+        if reason is None:
+            pos = order.get(module_path)
+            if pos is None or not layer_order:
+                reason = "instantaneous gradient"
+            elif pos > max(layer_order):
+                reason = "instantaneous gradient (exact: above every stateful layer)"
+            else:
+                reason = "instantaneous gradient (approximation: a stateful layer is above it)"
+        rows.append(
+            {
+                "module": module_path,
+                "cell": "-",
+                "parameter": name,
+                "form": "none",
+                "gradient": reason,
+                "memory": "-",
+            }
+        )
+    return rows
+
+
+def render_summary(learner: OSTL) -> str:
+    """The rows of :func:`summary_rows` as an aligned text table."""
+    rows = summary_rows(learner)
+    head = {
+        "module": "module",
+        "cell": "cell",
+        "parameter": "parameter",
+        "form": "trace form",
+        "gradient": "gradient",
+        "memory": "trace memory",
+    }
+    cols = list(head)
+    widths = {
+        c: max(len(head[c]), *(len(r[c]) for r in rows)) if rows else len(head[c]) for c in cols
+    }
+    line = "  ".join(head[c].ljust(widths[c]) for c in cols)
+    out = [
+        f"OSTL learner: variant={learner.variant}, learning_signal={learner.learning_signal}",
+        line,
+        "-" * len(line),
+    ]
+    out += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in rows]
+    total = sum(g.trace_bytes() for layer in learner.layers.values() for g in layer.groups)
+    out.append(f"total trace memory: {_mib(total)}")
+    return "\n".join(out)

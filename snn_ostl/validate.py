@@ -1,0 +1,142 @@
+"""Find every module of a model the learner cannot train, before attaching anything.
+
+In the manner of Opacus's ``ModuleValidator``: :func:`validate` returns all problems at once;
+:class:`snn_ostl.OSTL` raises them together in one :class:`~snn_ostl.UnsupportedModuleError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from snn_ostl.adapter import CellAdapter
+from snn_ostl.errors import Problem
+from snn_ostl.registry import adapter_for, refusal_for, registered
+
+__all__ = ["STATELESS", "SYNAPSES", "Plan", "plan_model", "supported_names", "validate"]
+
+#: Modules whose weights can feed a stateful layer's current directly.
+SYNAPSES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+#: Modules without state or parameters that may sit anywhere in the model.
+STATELESS: tuple[type[nn.Module], ...] = (
+    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Softmax, nn.LogSoftmax, nn.Hardtanh, nn.Hardsigmoid,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+
+_WHOLE_SEQUENCE = {
+    nn.RNN: "nn.RNNCell",
+    nn.LSTM: "nn.LSTMCell",
+    nn.GRU: "nn.GRUCell",
+}
+
+
+@dataclass
+class Plan:
+    """How the learner will treat each module of a model.
+
+    Attributes:
+        layers: Stateful modules with an adapter, by qualified name.
+        synapses: Linear/Conv modules (each may turn out to feed a stateful layer).
+        instantaneous: Modules trained with their instantaneous gradient, with the reason.
+        problems: Modules that cannot be trained exactly.
+    """
+
+    layers: dict[str, tuple[nn.Module, CellAdapter]] = field(default_factory=dict)
+    synapses: dict[str, nn.Module] = field(default_factory=dict)
+    instantaneous: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def supported_names() -> str:
+    """Comma-separated names of every registered stateful module type."""
+    names = []
+    for entry in registered():
+        mod = entry.module_type.__module__.split(".")[0]
+        names.append(f"{mod}.{entry.module_type.__name__}")
+    return ", ".join(names)
+
+
+def _has_own_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        True for _ in module.buffers(recurse=False)
+    )
+
+
+def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
+    """Classify every module of ``model`` (no hooks are attached).
+
+    Args:
+        model: The user's model.
+        variant: The OSTL variant the learner will use.
+    """
+    plan = Plan()
+    owned: list[str] = []  # modules whose insides belong to an adapted module
+    for path, module in model.named_modules():
+        if any(path.startswith(prefix + ".") for prefix in owned):
+            continue
+        name = type(module).__name__
+        adapter = adapter_for(module)
+        if adapter is not None:
+            owned.append(path)
+            plan.layers[path] = (module, adapter)
+            for why, fix in adapter.problems(module, variant):
+                plan.problems.append(Problem(path, name, why, fix))
+            continue
+        refusal = refusal_for(module)
+        if refusal is not None:
+            owned.append(path)
+            plan.problems.append(Problem(path, name, *refusal))
+            continue
+        if type(module) in SYNAPSES:
+            plan.synapses[path] = module
+        elif type(module) in _WHOLE_SEQUENCE:
+            owned.append(path)
+            plan.problems.append(
+                Problem(
+                    path,
+                    name,
+                    f"{name} runs the whole sequence in one call, so there is no step at which "
+                    "to carry eligibility traces forward.",
+                    f"use {_WHOLE_SEQUENCE[type(module)]} and call it once per time step.",
+                )
+            )
+        elif isinstance(module, STATELESS):
+            continue
+        elif _has_own_tensors(module):
+            framework = type(module).__module__.split(".")[0]
+            owned.append(path)
+            if framework in ("snntorch", "norse"):
+                why = f"it is a {framework} module without an OSTL adapter; its state is unknown."
+            else:
+                why = "it has parameters or buffers and no OSTL adapter, so its state is unknown."
+            plan.problems.append(
+                Problem(
+                    path,
+                    name,
+                    why,
+                    "replace it with a supported module, register an adapter for it "
+                    "(see 'Writing an adapter'), or pass strict=False to train it with its "
+                    "instantaneous gradient.",
+                )
+            )
+            plan.instantaneous[path] = "unknown module (strict=False)"
+    return plan
+
+
+def validate(model: nn.Module, variant: str = "ostl") -> list[Problem]:
+    """Every reason why ``model`` cannot be trained exactly with OSTL (empty: all fine).
+
+    Args:
+        model: The user's model.
+        variant: ``"ostl"``, ``"ostl-no-h"`` or ``"eprop"``.
+    """
+    from snn_ostl.adapters import load_available
+
+    load_available()
+    return plan_model(model, variant).problems
