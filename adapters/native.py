@@ -83,6 +83,14 @@ class SNUAdapter(ElementwiseAdapter):
         finally:
             module.detach_spikes, module.detach_recurrent = old
 
+    @contextlib.contextmanager
+    def input_feedback(self, module: SNU, matrix: Tensor) -> Iterator[None]:
+        module.feedback_weight = matrix
+        try:
+            yield
+        finally:
+            module.feedback_weight = None
+
     def cell(self, module: SNU, current, state, params):
         s_prev, y_prev = state
         u = current + params["decay"] * s_prev * (1.0 - y_prev)

@@ -149,6 +149,26 @@ class CellAdapter:
             )
         yield
 
+    # --- learning signals ---------------------------------------------------------------
+    def write_input(
+        self, module: nn.Module, args: Args, kwargs: Kwargs, x: Tensor
+    ) -> tuple[Args, Kwargs]:
+        """Replace the call's input (used to cut exact backprop below the layer)."""
+        if args:
+            return (x, *args[1:]), kwargs
+        key = next(iter(kwargs))
+        return args, {**kwargs, key: x}
+
+    @contextlib.contextmanager
+    def input_feedback(self, module: nn.Module, matrix: Tensor) -> Iterator[None]:
+        """Context in which the module sends its input error through ``matrix`` (shape of its
+        input weights) instead of the weights: only needed for cells with internal input weights.
+        """
+        raise NotImplementedError(
+            f"{type(module).__name__} has internal input weights and no random-feedback support"
+        )
+        yield  # pragma: no cover
+
 
 class ElementwiseAdapter(CellAdapter):
     """An adapter of a cell whose neurons evolve independently given their current."""

@@ -37,6 +37,22 @@ class SNUState(NamedTuple):
     y: Tensor
 
 
+class _FeedbackLinear(torch.autograd.Function):
+    """``x W^T + b`` whose error reaches x through a fixed matrix, not W (feedback alignment)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback):  # type: ignore[override]
+        ctx.save_for_backward(x, feedback)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, feedback = ctx.saved_tensors
+        grad_bias = grad.sum(0) if ctx.has_bias else None
+        return grad @ feedback, grad.transpose(0, 1) @ x, grad_bias, None
+
+
 def snu_step(
     x: Tensor,
     state: SNUState,
@@ -51,6 +67,7 @@ def snu_step(
     slope: float = 5.0,
     detach_spikes: bool = False,
     detach_recurrent: bool = False,
+    feedback_weight: Tensor | None = None,
 ) -> tuple[Tensor, SNUState]:
     """One SNU step.
 
@@ -67,6 +84,8 @@ def snu_step(
         slope: Steepness of the step's surrogate derivative.
         detach_spikes: Cut every gradient path through y_{t-1} (what e-prop ignores).
         detach_recurrent: Cut the time path through H y_{t-1} (what OSTL without H ignores).
+        feedback_weight: Send the error to x through this [N, I] matrix instead of W (the
+            ``"random"`` learning signal).
 
     Returns:
         The output y_t [B, N] and the new state.
@@ -74,7 +93,10 @@ def snu_step(
     s_prev, y_prev = state
     if detach_spikes:
         y_prev = y_prev.detach()
-    current = F.linear(x, weight, bias)
+    if feedback_weight is not None and x.requires_grad:
+        current = _FeedbackLinear.apply(x, weight, bias, feedback_weight)
+    else:
+        current = F.linear(x, weight, bias)
     if recurrent_weight is not None:
         y_in = y_prev.detach() if detach_recurrent else y_prev
         current = current + F.linear(y_in, recurrent_weight)
@@ -161,6 +183,8 @@ class SNU(nn.Module):
         # Set by snn_ostl.testing to build the oracles of the OSTL variants; never by users.
         self.detach_spikes = False
         self.detach_recurrent = False
+        # Set by the learner for the duration of one step with learning_signal="random".
+        self.feedback_weight: Tensor | None = None
 
     @property
     def recurrent(self) -> bool:
@@ -188,6 +212,7 @@ class SNU(nn.Module):
             slope=self.slope,
             detach_spikes=self.detach_spikes,
             detach_recurrent=self.detach_recurrent,
+            feedback_weight=self.feedback_weight,
         )
 
     def extra_repr(self) -> str:

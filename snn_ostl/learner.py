@@ -15,6 +15,7 @@ OSTL gradient.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from typing import Any
@@ -252,8 +253,11 @@ class OSTL:
             self._note(layer.path)
             state = layer.before_step(tuple(prev), current, inputs)
             self._track_pending(layer)
-            layer.variant_ctx = adapter.variant_forward(module, self.variant)
-            layer.variant_ctx.__enter__()
+            stack = contextlib.ExitStack()
+            stack.enter_context(adapter.variant_forward(module, self.variant))
+            if has_internal and current.requires_grad and self.learning_signal != "backprop":
+                args, kwargs = self._internal_feedback(layer, args, kwargs, current, stack)
+            layer.variant_ctx = stack
             return adapter.write_state(module, args, kwargs, state)
 
         return hook
@@ -271,6 +275,18 @@ class OSTL:
             return None
 
         return hook
+
+    def _internal_feedback(self, layer, args, kwargs, current, stack):
+        """Random/direct feedback for a layer whose input weights live inside the module."""
+        module, adapter = layer.module, layer.adapter
+        if self.learning_signal == "direct":
+            return adapter.write_input(module, args, kwargs, current.detach())
+        inputs = [s for s in adapter.internal_synapses(module) if s.source == "input"]
+        if inputs:
+            weight = getattr(module, inputs[0].weight)
+            matrix = self.signals.matrix_for(layer.path, weight)
+            stack.enter_context(adapter.input_feedback(module, matrix))
+        return args, kwargs
 
     def _bind(self, layer: Layer, found: tuple[nn.Module, Tensor] | None) -> None:
         if found is None:

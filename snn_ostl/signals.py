@@ -97,6 +97,10 @@ class FeedbackSignals:
             self.matrices[key] = matrix = matrix.to(dtype=like.dtype, device=like.device)
         return matrix
 
+    def matrix_for(self, key: Any, weight: Tensor) -> Tensor:
+        """The fixed random matrix that replaces ``weight`` in the backward pass."""
+        return self._matrix(key, tuple(weight.shape), weight, weight[0].numel())
+
     # ---------------------------------------------------------------- synapses
     def before_synapse(self, module: nn.Module, args: tuple) -> tuple | None:
         """Cut the exact backprop path through the synapse's weights when feedback is random."""
@@ -114,9 +118,7 @@ class FeedbackSignals:
         x = self._inputs.pop(module, None)
         if self.kind != "random" or x is None:
             return output
-        weight = module.weight
-        fan_in = weight[0].numel()
-        matrix = self._matrix(path, tuple(weight.shape), weight, fan_in)
+        matrix = self.matrix_for(path, module.weight)
         return _RandomFeedback.apply(output, x, matrix, SynapseOp.of(module), x.shape)
 
     # ---------------------------------------------------------------- direct feedback

@@ -1,0 +1,83 @@
+"""Model factories and sequence runners shared by the engine tests."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import snn_ostl
+
+DT = torch.float64
+
+
+class StackNet(nn.Module):
+    """stateless front -> stateful SNU/sSNU layers -> stateless back -> Linear readout."""
+
+    def __init__(
+        self,
+        sizes: list[int],
+        *,
+        recurrent: bool = False,
+        soft: bool = False,
+        front: nn.Module | None = None,
+        **cell_options,
+    ) -> None:
+        super().__init__()
+        self.front = front if front is not None else nn.Identity()
+        cell = snn_ostl.SoftSNU if soft else snn_ostl.SNU
+        cell_options.setdefault("threshold", 0.2)
+        self.cells = nn.ModuleList(
+            cell(a, b, recurrent=recurrent, dtype=DT, **cell_options)
+            for a, b in itertools.pairwise(sizes)
+        )
+        self.back = nn.Sequential(nn.Linear(sizes[-1], 4, dtype=DT), nn.Tanh())
+        self.readout = nn.Linear(4, 2, dtype=DT)
+
+    def forward(self, x, states):
+        h = self.front(x)
+        new = []
+        for cell, state in zip(self.cells, states):
+            h, state = cell(h, state)
+            new.append(state)
+        return self.readout(self.back(h)), new
+
+
+def stack_runner(
+    net: StackNet, x: torch.Tensor, target: torch.Tensor, rates: list | None = None
+) -> Callable:
+    """A run() generator factory: one sequence from zero state, MSE loss per step."""
+
+    def run():
+        states = [None] * len(net.cells)
+        for t in range(x.shape[0]):
+            out, states = net(x[t], states)
+            if rates is not None:
+                rates.append([float(s.y.detach().mean()) for s in states])
+            yield ((out - target[t]) ** 2).sum()
+
+    return run
+
+
+def data(steps: int = 12, batch: int = 3, features: int = 8, seed: int = 0, scale: float = 2.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(steps, batch, features, generator=gen, dtype=DT) * scale
+    target = torch.randn(steps, batch, 2, generator=gen, dtype=DT)
+    return x, target
+
+
+def mean_rates(rates: list[list[float]]) -> list[float]:
+    return torch.tensor(rates).mean(0).tolist()
+
+
+def full_bptt(model: nn.Module, run: Callable) -> dict[str, torch.Tensor]:
+    """Plain BPTT through the whole sequence, no learner attached."""
+    for p in model.parameters():
+        p.grad = None
+    torch.stack(list(run())).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for p in model.parameters():
+        p.grad = None
+    return grads

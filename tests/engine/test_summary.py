@@ -1,0 +1,37 @@
+"""The learner's summary shows every parameter's trace form and gradient rule."""
+
+from __future__ import annotations
+
+import torch
+from nets import StackNet, data
+from torch import nn
+
+import snn_ostl
+
+
+def test_summary_lists_forms_and_memory():
+    net = StackNet(
+        [8, 6, 5], recurrent=True, front=nn.Sequential(nn.Linear(8, 8, dtype=torch.float64))
+    )
+    x, _ = data()
+    with snn_ostl.OSTL(net) as learner:
+        assert "chosen at the first step" in learner.summary()
+        net(x[0], [None, None])
+        text = learner.summary()
+    assert "cells.0.weight" in text and "full-jacobian" in text
+    assert "cells.1.recurrent_weight" in text
+    assert "readout.weight" in text and "exact: above every stateful layer" in text
+    assert "front.0.weight" in text and "approximation" in text
+    assert "total trace memory" in text
+
+
+def test_import_does_not_import_frameworks():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, snn_ostl; snn_ostl.OSTL(snn_ostl.SNU(2, 2)).detach(); "
+        "print('snntorch' in sys.modules, 'norse' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"

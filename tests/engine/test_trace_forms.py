@@ -1,0 +1,144 @@
+"""Each trace form (SPEC §3) against the oracle, with external Linear and Conv synapses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_spiking
+from nets import full_bptt
+from snn_ostl.adapters.native import SNUAdapter
+from torch import nn
+from toy_cells import ToyLeaky
+
+import snn_ostl
+from snn_ostl.adapter import StepRecord
+from snn_ostl.derivatives import elementwise_derivatives
+from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+
+DT = torch.float64
+TOL = 1e-10
+
+
+class ToyNet(nn.Module):
+    """synapse -> ToyLeaky -> (flatten) -> synapse -> ToyLeaky -> readout."""
+
+    def __init__(self, conv: bool, reset: str, depth: int = 2):
+        super().__init__()
+        if conv:
+            self.syn1 = nn.Conv2d(2, 3, 3, padding=1, dtype=DT)
+            width = 3 * 4 * 4
+        else:
+            self.syn1 = nn.Linear(8, 6, dtype=DT)
+            width = 6
+        self.lif1 = ToyLeaky(threshold=0.3, reset=reset)
+        self.flat = nn.Flatten()
+        self.depth = depth
+        if depth == 2:
+            self.syn2 = nn.Linear(width, 5, dtype=DT)
+            self.lif2 = ToyLeaky(threshold=0.2, reset=reset)
+            width = 5
+        self.readout = nn.Linear(width, 2, dtype=DT)
+
+    def forward(self, x, states):
+        spk, s1 = self.lif1(self.syn1(x), states[0])
+        new = [s1]
+        h = self.flat(spk)
+        rates = [spk.mean()]
+        if self.depth == 2:
+            h, s2 = self.lif2(self.syn2(h), states[1])
+            new.append(s2)
+            rates.append(h.mean())
+        return self.readout(h), new, rates
+
+
+def _runner(net, x, target, rates):
+    def run():
+        states = [None, None]
+        for t in range(x.shape[0]):
+            out, states, r = net(x[t], states)
+            rates.append([float(v.detach()) for v in r])
+            yield ((out - target[t]) ** 2).sum()
+
+    return run
+
+
+CASES = [
+    ("linear-presynaptic", False, "subtract", "presynaptic"),
+    ("linear-per-synapse", False, "zero", "per-synapse"),
+    ("conv-presynaptic", True, "subtract", "presynaptic"),
+]
+
+
+@pytest.mark.parametrize(
+    ("conv", "reset", "form"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+@pytest.mark.parametrize("depth", [1, 2])
+def test_trace_form_against_oracle(conv, reset, form, depth):
+    torch.manual_seed(1)
+    net = ToyNet(conv, reset, depth)
+    shape = (10, 3, 2, 4, 4) if conv else (10, 3, 8)
+    x = torch.rand(*shape, dtype=DT) * 1.5
+    target = torch.randn(10, 3, 2, dtype=DT)
+    rates: list = []
+    run = _runner(net, x, target, rates)
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        for loss in run():
+            loss.backward()
+        forms = {g.name: g.form for layer in learner.layers.values() for g in layer.groups}
+    assert forms["syn1.weight"] == form
+    assert forms["syn1.bias"] == ("presynaptic" if form == "presynaptic" else "elementwise")
+    assert forms["lif1.threshold"] == "elementwise"
+    assert_spiking(torch.tensor(rates).mean(0).tolist())
+    grads, owners, order = ostl_gradients(net, run)
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL
+    if depth == 1:
+        assert max(compare(grads, full_bptt(net, run)).values()) <= TOL
+
+
+def test_presynaptic_trace_is_input_sized():
+    """The factorised form stores [B, I] per state, never [B, N, I]."""
+    net = ToyNet(conv=False, reset="subtract", depth=1)
+    with snn_ostl.OSTL(net) as learner:
+        net(torch.rand(3, 8, dtype=DT), [None, None])
+        group = next(g for g in learner.layers["lif1"].groups if g.name == "syn1.weight")
+        assert [tuple(t.shape) for t in group.trace] == [(3, 8)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"soft": True}, {"activation": "identity"}, {"learn_decay": True, "decay_per_unit": True}],
+    ids=["snu", "ssnu", "identity", "learned-decay"],
+)
+def test_snu_analytic_derivatives_match_autograd(options):
+    """The hand-written SNU partials equal the generic autograd ones on the same step."""
+    cell_type = snn_ostl.SoftSNU if options.pop("soft", False) else snn_ostl.SNU
+    cell = cell_type(4, 5, threshold=0.2, dtype=DT, **options)
+    adapter = SNUAdapter()
+    x = torch.rand(3, 4, dtype=DT) * 2
+    state = cell.initial_state(x)
+    for _ in range(4):  # a few steps so that y_{t-1} and s_{t-1} are not zero
+        _, state = cell(x, state)
+    _, new = cell(x, state)
+    step = StepRecord(current=x, prev=tuple(state), new=tuple(new))
+    current = torch.nn.functional.linear(x, cell.weight)
+    analytic = adapter.derivatives(cell, step, "ostl", lambda: current)
+    params = {**adapter.neuron_parameters(cell), **adapter.constant_parameters(cell)}
+    generic = elementwise_derivatives(
+        lambda a, s, p: adapter.cell(cell, a, s, p), current, tuple(state), params
+    )
+
+    def dense(p):
+        if p is None:
+            return torch.zeros(3, 5, dtype=DT)
+        return torch.as_tensor(p, dtype=DT).expand(3, 5)
+
+    for k in range(2):
+        torch.testing.assert_close(dense(analytic.current[k]), dense(generic.current[k]))
+        for j in range(2):
+            torch.testing.assert_close(dense(analytic.state[k][j]), dense(generic.state[k][j]))
+        for name in analytic.params:
+            torch.testing.assert_close(
+                dense(analytic.params[name][k]), dense(generic.params[name][k])
+            )
