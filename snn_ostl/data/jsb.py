@@ -128,12 +128,42 @@ def events_to_roll(events: Iterable[tuple[float, float, Iterable[int]]]) -> Tens
     return torch.from_numpy(roll)
 
 
-def _score_events(score: object) -> list[tuple[float, float, list[int]]]:
-    # flatten() puts every note of every part in one stream with absolute offsets; .notes
-    # keeps Note and Chord objects (rests are silence in a roll anyway).
+_VOICES = ("soprano", "alto", "tenor", "bass")
+
+
+def satb_parts(parts: Sequence[object]) -> list[object] | None:
+    """Pick the four sung voices of a chorale score.
+
+    Many cantata chorales add instrumental parts (horns, trumpets, timpani, continuo) to the
+    choir; the JSB benchmark holds only the four voices. A part counts as a voice when its
+    name starts with "Soprano", "Alto", "Tenor" or "Bass" (some name the doubling instruments
+    after it, e.g. "Bass Continuo"); a score with exactly four unnamed parts is taken as is.
+
+    Args:
+        parts: The score's parts, objects with a ``partName`` attribute (may be None).
+
+    Returns:
+        The four voice parts in SATB order, or None when they cannot be identified.
+    """
+    chosen = []
+    for voice in _VOICES:
+        match = next(
+            (p for p in parts if str(getattr(p, "partName", "") or "").lower().startswith(voice)),
+            None,
+        )
+        if match is None:
+            return list(parts) if len(parts) == 4 else None
+        chosen.append(match)
+    return chosen
+
+
+def _part_events(parts: Sequence[object]) -> list[tuple[float, float, list[int]]]:
+    # flatten() gives each part's notes with offsets from the start of the piece, a timeline
+    # the parts share; .notes keeps Note and Chord objects (rests are silence in a roll).
     return [
         (float(n.offset), float(n.quarterLength), [p.midi for p in n.pitches])
-        for n in score.flatten().notes  # type: ignore[attr-defined]
+        for part in parts
+        for n in part.flatten().notes  # type: ignore[attr-defined]
     ]
 
 
@@ -148,7 +178,8 @@ def load_jsb_music21(*, seed: int = 0, max_files: int | None = None) -> MusicSpl
     """Build JSB-like piano rolls from music21's bundled Bach chorales.
 
     Parses every file of ``corpus.getComposer("bach")`` (sorted, so the order is stable), keeps
-    the four-part (SATB) scores and converts them with :func:`events_to_roll`. About 400
+    the scores whose four voices (SATB) can be identified, drops any instrumental parts
+    and converts the voices with :func:`events_to_roll`. About 400
     chorales; takes 30-60 s on two cores.
 
     Args:
@@ -168,10 +199,10 @@ def load_jsb_music21(*, seed: int = 0, max_files: int | None = None) -> MusicSpl
         paths = paths[:max_files]
     rolls = []
     for path in paths:
-        score = corpus.parse(path)
-        if len(score.parts) != 4:
+        voices = satb_parts(list(corpus.parse(path).parts))
+        if voices is None:  # a keyboard work or a lone melody, not a four-part chorale
             continue
-        roll = events_to_roll(_score_events(score))
+        roll = events_to_roll(_part_events(voices))
         if roll.shape[0] > 0:
             rolls.append(roll)
     train, valid, test = _split_indices(len(rolls), seed, (0.6, 0.2))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from snn_ostl.data import DataUnavailableError, load_jsb
-from snn_ostl.data.jsb import NUM_KEYS, events_to_roll, load_jsb_json, steps_to_roll
+from snn_ostl.data.jsb import NUM_KEYS, events_to_roll, load_jsb_json, satb_parts, steps_to_roll
 from snn_ostl.data.paths import ENV_VAR, shared_path
 
 TINY = {
@@ -94,3 +95,20 @@ def test_shared_benchmark_file_has_the_standard_split():
     assert min(lengths) > 0 and all(r.shape[1] == 88 for r in data.train)
     notes_per_step = sum(r.sum() for r in data.train) / sum(lengths)
     assert 3.5 < notes_per_step < 4.1
+
+
+def test_satb_parts_drops_instruments():
+    def parts(*names):
+        return [SimpleNamespace(partName=n) for n in names]
+
+    score = parts("Horn 2", "Soprano", "Alto Oboe 2", "Tenor", "Bass Continuo", "Organ")
+    assert [p.partName for p in satb_parts(score)] == [
+        "Soprano",
+        "Alto Oboe 2",
+        "Tenor",
+        "Bass Continuo",
+    ]
+    unnamed = parts(None, None, None, None)
+    assert satb_parts(unnamed) == unnamed
+    assert satb_parts(parts("Piano")) is None
+    assert satb_parts(parts("Soprano", "Alto", "Tenor", "Viola", "Horn")) is None
