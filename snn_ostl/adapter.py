@@ -187,6 +187,16 @@ class ElementwiseAdapter(CellAdapter):
         """Whether J and ∂s/∂a are the same for every neuron and step (presynaptic traces)."""
         return False
 
+    def fusable(self, module: nn.Module, variant: str) -> bool:
+        """Whether a_t and s_{t-1} reach the step's outputs only through s_t (one state tensor).
+
+        Then, with factorised traces, ``ĝ_{t-1} = J ∂L/∂s_t`` exactly and the whole synapse
+        weight gradient is the synapse's own backward evaluated at the filtered input: the
+        learner substitutes ``x̃_t`` for ``x_t`` among the tensors the synapse saves for backward,
+        so OSTL costs the same matrix products as BPTT.
+        """
+        return False
+
     def cell(
         self,
         module: nn.Module,

@@ -49,6 +49,7 @@ class TraceGroup:
     op: T.SynapseOp | None = None
     source: str | int = "input"
     key: str = ""
+    fused: bool = False
     trace: Any = field(default=None, repr=False)
 
     def trace_bytes(self) -> int:
@@ -171,8 +172,39 @@ class Layer:
             if p.requires_grad:
                 form = "full-jacobian" if dense else "elementwise"
                 groups.append(TraceGroup(prefix + key, p, "neuron", form, key=key))
+        if (
+            factorised
+            and synapse is not None
+            and len(adapter.state_names) == 1
+            and adapter.fusable(self.module, self.variant)
+        ):
+            for g in groups:
+                g.fused = g.role == "weight" and g.source == "input"
         self.groups = groups
         self.bound = True
+        self.decay: float | None = None  # J of a fused layer, known after its first step
+
+    @property
+    def fused_group(self) -> TraceGroup | None:
+        """The synapse weight whose gradient comes from the synapse's own backward, if any."""
+        return next((g for g in self.groups if g.fused), None)
+
+    def filtered_input(self, x: Tensor) -> Tensor:
+        """Advance and return ``x̃_t = J x̃_{t-1} + x_t`` of the fused weight (normalised by c).
+
+        Called by the synapse's pre-hook, before the step's forward, because the synapse must
+        save ``x̃_t`` in place of ``x_t``.
+        """
+        g = self.fused_group
+        previous = g.trace[0] if g.trace else None
+        x = x.detach()
+        if previous is None or self.decay is None or previous.shape != x.shape:
+            filtered = x
+        else:
+            filtered = torch.add(x, previous, alpha=self.decay) if self.decay else x
+        g.trace = [filtered]
+        self.fused_ran = True
+        return filtered
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -233,7 +265,7 @@ class Layer:
 
         def history(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
             grads = [None if k in spikes else g for k, g in enumerate(grads)]
-            return [_contract(g, tr, grads) for g, tr in zip(groups, snapshot)]
+            return [None if g.fused else _contract(g, tr, grads) for g, tr in zip(groups, snapshot)]
 
         return inject(history, prev, [g.param for g in groups])
 
@@ -289,7 +321,18 @@ class Layer:
         d = self._derivatives(step)
         like = step.prev[0]
         dense_jac = self._full_jacobian(d, like) if self.recurrent else None
+        if self.fused_group is not None:
+            (scale,) = d.current
+            # x̃ is normalised by c = ∂s/∂a: the synapse's backward multiplies by ∂L/∂a = c δ.
+            self.decay = float(d.state[0][0] or 0.0)
+            assert isinstance(scale, (int, float)) and scale != 0, "fused traces need c != 0"
         for g in self.groups:
+            if g.fused:
+                if not getattr(self, "fused_ran", False):
+                    # the binding step ran before the substitution existed: x̃_1 = x_1
+                    g.trace = [self._synapse_input(g.source, step).detach()]
+                self.fused_ran = False
+                continue
             if g.form == "full-jacobian":
                 g.trace = T.update_dense(dense_jac, g.trace, self._dense_immediate(g, d, step))
             elif g.role == "weight":

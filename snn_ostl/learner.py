@@ -112,6 +112,8 @@ class OSTL:
         }
         self._synapse_paths = {m: p for p, m in plan.synapses.items()}
         self._recent: dict[nn.Module, tuple[weakref.ref, Tensor]] = {}
+        self._fused: dict[nn.Module, Layer] = {}  # synapse -> layer whose weight it fuses
+        self._saving: dict[nn.Module, Any] = {}
         self._order: dict[str, int] = {}
         self._pending_bytes = 0
         self._handles: list[Any] = []
@@ -157,6 +159,7 @@ class OSTL:
         for layer in self.layers.values():
             layer.reset()
         self._recent.clear()
+        self._fused.clear()
         self._attached = False
 
     def __enter__(self) -> OSTL:
@@ -204,9 +207,27 @@ class OSTL:
     def _synapse_pre(self, module: nn.Module, args: tuple) -> tuple | None:
         if not torch.is_grad_enabled():
             return None
-        return self.signals.before_synapse(module, args)
+        new_args = self.signals.before_synapse(module, args)
+        layer = self._fused.get(module)
+        if layer is not None:
+            x = (new_args or args)[0]
+            filtered = layer.filtered_input(x)
+
+            # The synapse saves its input only for its weight gradient: give it x̃_t instead,
+            # so its own backward computes ∂L/∂a_t · x̃_t (SPEC §3, factorised form).
+            def pack(t: Tensor) -> Tensor:
+                same = t.data_ptr() == x.data_ptr() and t.shape == x.shape
+                return filtered if same and t.stride() == x.stride() else t
+
+            ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+            ctx.__enter__()
+            self._saving[module] = ctx
+        return new_args
 
     def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        ctx = self._saving.pop(module, None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
         if not torch.is_grad_enabled():
             return None
         self._note(self._synapse_paths[module])
@@ -301,6 +322,8 @@ class OSTL:
                     "stateful layer only. Give each layer its own Linear/Conv module."
                 )
         layer.bind(path, synapse)
+        if layer.fused_group is not None:
+            self._fused[synapse] = layer
         warn = [
             p
             for p, m in self._plan.synapses.items()

@@ -22,7 +22,7 @@ TOL = 1e-10
 class ToyNet(nn.Module):
     """synapse -> ToyLeaky -> (flatten) -> synapse -> ToyLeaky -> readout."""
 
-    def __init__(self, conv: bool, reset: str, depth: int = 2):
+    def __init__(self, conv: bool, reset: str, depth: int = 2, fused: bool = False):
         super().__init__()
         if conv:
             self.syn1 = nn.Conv2d(2, 3, 3, padding=1, dtype=DT)
@@ -30,12 +30,12 @@ class ToyNet(nn.Module):
         else:
             self.syn1 = nn.Linear(8, 6, dtype=DT)
             width = 6
-        self.lif1 = ToyLeaky(threshold=0.3, reset=reset)
+        self.lif1 = ToyLeaky(threshold=0.3, reset=reset, fused=fused)
         self.flat = nn.Flatten()
         self.depth = depth
         if depth == 2:
             self.syn2 = nn.Linear(width, 5, dtype=DT)
-            self.lif2 = ToyLeaky(threshold=0.2, reset=reset)
+            self.lif2 = ToyLeaky(threshold=0.2, reset=reset, fused=fused)
             width = 5
         self.readout = nn.Linear(width, 2, dtype=DT)
 
@@ -63,19 +63,21 @@ def _runner(net, x, target, rates):
 
 
 CASES = [
-    ("linear-presynaptic", False, "subtract", "presynaptic"),
-    ("linear-per-synapse", False, "zero", "per-synapse"),
-    ("conv-presynaptic", True, "subtract", "presynaptic"),
+    ("linear-presynaptic", False, "subtract", "presynaptic", False),
+    ("linear-presynaptic-fused", False, "subtract", "presynaptic", True),
+    ("linear-per-synapse", False, "zero", "per-synapse", False),
+    ("conv-presynaptic", True, "subtract", "presynaptic", False),
+    ("conv-presynaptic-fused", True, "subtract", "presynaptic", True),
 ]
 
 
 @pytest.mark.parametrize(
-    ("conv", "reset", "form"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("conv", "reset", "form", "fused"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 @pytest.mark.parametrize("depth", [1, 2])
-def test_trace_form_against_oracle(conv, reset, form, depth):
+def test_trace_form_against_oracle(conv, reset, form, fused, depth):
     torch.manual_seed(1)
-    net = ToyNet(conv, reset, depth)
+    net = ToyNet(conv, reset, depth, fused)
     shape = (10, 3, 2, 4, 4) if conv else (10, 3, 8)
     x = torch.rand(*shape, dtype=DT) * 1.5
     target = torch.randn(10, 3, 2, dtype=DT)
@@ -86,6 +88,7 @@ def test_trace_form_against_oracle(conv, reset, form, depth):
         for loss in run():
             loss.backward()
         forms = {g.name: g.form for layer in learner.layers.values() for g in layer.groups}
+        assert learner.layers["lif1"].groups[0].fused == fused
     assert forms["syn1.weight"] == form
     assert forms["syn1.bias"] == ("presynaptic" if form == "presynaptic" else "elementwise")
     assert forms["lif1.threshold"] == "elementwise"
@@ -95,6 +98,8 @@ def test_trace_form_against_oracle(conv, reset, form, depth):
     assert max(compare(grads, reference).values()) <= TOL
     if depth == 1:
         assert max(compare(grads, full_bptt(net, run)).values()) <= TOL
+    whole, _, _ = ostl_gradients(net, run, per_step=False)
+    assert max(compare(whole, reference).values()) <= TOL
 
 
 def test_presynaptic_trace_is_input_sized():

@@ -18,9 +18,11 @@ from snn_ostl.surrogate import spike
 class ToyLeaky(nn.Module):
     """s_t = beta s_{t-1} + a_t - reset, y_t = spike(s_t - threshold); state (s,) [B, *N]."""
 
-    def __init__(self, beta: float = 0.8, threshold: float = 0.5, reset: str = "subtract"):
+    def __init__(
+        self, beta: float = 0.8, threshold: float = 0.5, reset: str = "subtract", fused: bool = True
+    ):
         super().__init__()
-        self.beta, self.reset_mode = beta, reset
+        self.beta, self.reset_mode, self.fused_ok = beta, reset, fused
         self.threshold = nn.Parameter(torch.tensor(threshold, dtype=torch.float64))
 
     def forward(self, a: Tensor, state: tuple[Tensor] | None = None):
@@ -55,6 +57,9 @@ class ToyLeakyAdapter(ElementwiseAdapter):
 
     def factorised(self, module, variant):
         return module.reset_mode == "subtract"
+
+    def fusable(self, module, variant):
+        return module.fused_ok
 
     def cell(self, module, current, state, params):
         (s_prev,) = state
