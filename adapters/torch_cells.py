@@ -1,1 +1,194 @@
-"""Placeholder replaced by the torch RNN-cell adapters."""
+"""Adapters of torch's recurrent cells: ``nn.RNNCell``, ``nn.LSTMCell`` and ``nn.GRUCell``.
+
+These cells mix their units inside a step (the hidden-to-hidden weights), so they are
+:class:`~snn_ostl.adapter.DenseAdapter`\\ s: the engine keeps the paper's generic OSTL trace
+``e_t = J_t e_{t-1} + ∂s_t/∂θ`` with the full per-layer Jacobian ``J_t = ∂s_t/∂s_{t-1}``
+([B, S*N, S*N]) and one trace of shape [B, S*N, P] per parameter, obtained by autograd
+(:func:`snn_ostl.derivatives.dense_derivatives`). The state is ``(h,)`` for ``RNNCell`` and
+``GRUCell`` and ``(h, c)`` for ``LSTMCell``; every parameter of the cell (``weight_ih``,
+``weight_hh`` and the biases) gets such a trace.
+
+:meth:`step` writes each cell out with plain differentiable ops (:func:`rnn_cell`,
+:func:`gru_cell`, :func:`lstm_cell`) with the trained parameters passed in. On the CPU they compute
+the values of the modules' own ``torch._VF`` kernels (RNN and LSTM bit for bit, GRU to one ulp),
+and unlike the fused GPU kernels they support the batched backward that
+:func:`~snn_ostl.derivatives.dense_derivatives` uses. (``torch.func.functional_call`` would run
+the module's forward hooks, the learner's included.)
+
+Cost: ``O(B * S*N)`` backward passes per step and ``O(B * S*N * P)`` trace memory: meant for
+cells of tens of units, as in the paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from snn_ostl.adapter import DenseAdapter
+from snn_ostl.errors import StateError
+from snn_ostl.registry import register_adapter
+
+__all__ = [
+    "GRUCellAdapter",
+    "LSTMCellAdapter",
+    "RNNCellAdapter",
+    "gru_cell",
+    "lstm_cell",
+    "rnn_cell",
+]
+
+_DT = torch.float64
+
+
+def _input(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["input"]
+
+
+def _check_batched(module: nn.Module, x: Tensor) -> None:
+    if x.dim() != 2:
+        raise StateError(
+            f"{type(module).__name__}: OSTL needs a batch dimension, but the input has shape "
+            f"{tuple(x.shape)}. Call the cell on [B, {module.input_size}] inputs (unsqueeze(0) "
+            "for a single sample)."
+        )
+
+
+class _TorchCellAdapter(DenseAdapter):
+    """What the three torch cells share: the ``hx`` argument, zero initial state, no variants."""
+
+    framework = "torch"
+    variants = ("ostl",)
+
+    def current(self, module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
+        return _input(args, kwargs)
+
+    def _hx(self, args: tuple, kwargs: dict) -> Any:
+        return args[1] if len(args) > 1 else kwargs.get("hx")
+
+    def _with_hx(self, args: tuple, kwargs: dict, hx: Any) -> tuple[tuple, dict]:
+        if len(args) > 1:
+            return (args[0], hx, *args[2:]), kwargs
+        return args, {**kwargs, "hx": hx}
+
+    def read_state(self, module, args, kwargs):
+        _check_batched(module, _input(args, kwargs))
+        hx = self._hx(args, kwargs)
+        if hx is None:
+            return None
+        return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+
+    def initial_state(self, module, current):
+        zeros = current.new_zeros(current.shape[0], module.hidden_size)
+        return tuple(zeros.clone() for _ in self.state_names)
+
+    def write_state(self, module, args, kwargs, state):
+        return self._with_hx(args, kwargs, state[0])
+
+    def new_state(self, module, args, kwargs, output):
+        return (output,)
+
+    def problems(self, module: nn.Module, variant: str) -> list[tuple[str, str]]:
+        if variant not in self.variants:
+            return [
+                (
+                    f"variant {variant!r} is not defined for {type(module).__name__}: its "
+                    "hidden-to-hidden weights act inside the gates, so there is no separate "
+                    "recurrent term to leave out and no spike state to cut.",
+                    "use variant='ostl' (the paper's generic OSTL) for torch RNN cells.",
+                )
+            ]
+        return []
+
+
+Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+
+
+def rnn_cell(x: Tensor, h: Tensor, weights: Weights, nonlinearity: str = "tanh") -> Tensor:
+    """``act(W_ih x + b_ih + W_hh h + b_hh)``, as ``nn.RNNCell``."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+
+
+def gru_cell(x: Tensor, h: Tensor, weights: Weights) -> Tensor:
+    """The GRU step of ``nn.GRUCell`` (gates r, z, n in PyTorch's order)."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    i_r, i_z, i_n = F.linear(x, w_ih, b_ih).chunk(3, 1)
+    h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, 1)
+    reset = torch.sigmoid(h_r + i_r)
+    update = torch.sigmoid(h_z + i_z)
+    new = torch.tanh(i_n + h_n * reset)
+    return (h - new) * update + new
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, weights: Weights) -> tuple[Tensor, Tensor]:
+    """The LSTM step of ``nn.LSTMCell`` (gates i, f, g, o in PyTorch's order)."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    i, f, g, o = (F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)).chunk(4, 1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+
+def _p(params: dict[str, Tensor], module: nn.Module, name: str) -> Tensor | None:
+    return params[name] if name in params else getattr(module, name)
+
+
+def _weights(module: nn.Module, params: dict[str, Tensor]) -> tuple:
+    return tuple(_p(params, module, n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+
+@register_adapter(
+    nn.RNNCell,
+    examples={
+        "tanh": lambda: nn.RNNCell(4, 5, dtype=_DT),
+        "relu, no bias": lambda: nn.RNNCell(4, 5, bias=False, nonlinearity="relu", dtype=_DT),
+    },
+)
+class RNNCellAdapter(_TorchCellAdapter):
+    """``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; state ``(h,)``."""
+
+    state_names = ("h",)
+
+    def step(self, module, inputs, state, params):
+        return (rnn_cell(inputs, state[0], _weights(module, params), module.nonlinearity),)
+
+
+@register_adapter(
+    nn.GRUCell,
+    examples={
+        "default": lambda: nn.GRUCell(4, 5, dtype=_DT),
+        "no bias": lambda: nn.GRUCell(4, 5, bias=False, dtype=_DT),
+    },
+)
+class GRUCellAdapter(_TorchCellAdapter):
+    """The GRU cell; state ``(h,)``."""
+
+    state_names = ("h",)
+
+    def step(self, module, inputs, state, params):
+        return (gru_cell(inputs, state[0], _weights(module, params)),)
+
+
+@register_adapter(
+    nn.LSTMCell,
+    examples={
+        "default": lambda: nn.LSTMCell(4, 5, dtype=_DT),
+        "no bias": lambda: nn.LSTMCell(4, 5, bias=False, dtype=_DT),
+    },
+)
+class LSTMCellAdapter(_TorchCellAdapter):
+    """The LSTM cell; state ``(h, c)``, both part of the Jacobian."""
+
+    state_names = ("h", "c")
+
+    def write_state(self, module, args, kwargs, state):
+        return self._with_hx(args, kwargs, (state[0], state[1]))
+
+    def new_state(self, module, args, kwargs, output):
+        return (output[0], output[1])
+
+    def step(self, module, inputs, state, params):
+        return lstm_cell(inputs, state[0], state[1], _weights(module, params))

@@ -38,10 +38,10 @@ class InternalSynapse:
     """Weights inside a stateful module that feed its current linearly: ``a += W @ input``.
 
     Attributes:
-        weight: Name of the weight parameter on the module (shape [N, I]).
+        weight: Name of the weight parameter on the module (shape ``[N, I]``).
         source: ``"input"`` (the module's input x_t) or the index k of the state tensor whose
             previous value drives it (recurrent weights: ``a_t += H s^k_{t-1}``).
-        bias: Name of a bias parameter added to the current (shape [N]), or None.
+        bias: Name of a bias parameter added to the current (shape ``[N]``), or None.
     """
 
     weight: str
@@ -55,8 +55,8 @@ class StepRecord:
 
     Attributes:
         current: a_t, the input current (for internal synapses, the module's input x_t).
-        prev: The previous state, S tensors [B, *N], detached from older steps.
-        new: The new state, S tensors [B, *N].
+        prev: The previous state, S tensors ``[B, *N]``, detached from older steps.
+        new: The new state, S tensors ``[B, *N]``.
         args, kwargs, output: The module call, as the hooks saw it.
     """
 
@@ -176,7 +176,7 @@ class ElementwiseAdapter(CellAdapter):
     kind = "elementwise"
 
     def neuron_parameters(self, module: nn.Module) -> dict[str, nn.Parameter]:
-        """Trainable parameters of the neuron itself, broadcastable to [*N] (decay, threshold)."""
+        """Trainable parameters of the neuron itself, broadcastable to ``[*N]`` (decay, threshold)."""
         return {}
 
     def internal_synapses(self, module: nn.Module) -> list[InternalSynapse]:
@@ -206,7 +206,7 @@ class ElementwiseAdapter(CellAdapter):
     ) -> tuple[Tensor, ...]:
         """One step of the neuron from its current, pure: ``(a_t, s_{t-1}, φ) -> s_t``.
 
-        ``params`` replace the module's neuron parameters and may be expanded to [B, *N].
+        ``params`` replace the module's neuron parameters and may be expanded to ``[B, *N]``.
         """
         raise NotImplementedError
 
@@ -219,7 +219,7 @@ class ElementwiseAdapter(CellAdapter):
             module: The neuron module.
             step: The step's record.
             variant: ``"ostl"``, ``"ostl-no-h"`` or ``"eprop"``.
-            current: Returns a_t, the summed current into the neurons [B, *N] (computed on
+            current: Returns a_t, the summed current into the neurons ``[B, *N]`` (computed on
                 demand: analytic adapters rarely need it).
         """
         params = {name: p for name, p in self.neuron_parameters(module).items()}

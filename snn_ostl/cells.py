@@ -1,6 +1,6 @@
 """Native Spiking Neural Units: the SNU and the soft SNU (sSNU) of Woźniak et al. (2020).
 
-One step of a layer of N units with input x (shape [B, I]):
+One step of a layer of N units with input x (shape ``[B, I]``):
 
     a_t = W x_t (+ bias) (+ H y_{t-1})
     s_t = g(a_t + l * s_{t-1} * (1 - y_{t-1}))
@@ -29,8 +29,8 @@ class SNUState(NamedTuple):
     """State of an SNU layer.
 
     Attributes:
-        s: Membrane state, shape [B, N].
-        y: Output of the previous step, shape [B, N].
+        s: Membrane state, shape ``[B, N]``.
+        y: Output of the previous step, shape ``[B, N]``.
     """
 
     s: Tensor
@@ -72,23 +72,23 @@ def snu_step(
     """One SNU step.
 
     Args:
-        x: Input, shape [B, I].
-        state: Previous state, each tensor [B, N].
-        weight: Input weights W, shape [N, I].
-        bias: Optional input bias, shape [N].
-        recurrent_weight: Optional recurrent weights H, shape [N, N].
-        decay: Membrane decay l, a float or a tensor broadcastable to [B, N].
-        threshold: Threshold, a float or a tensor broadcastable to [B, N].
+        x: Input, shape ``[B, I]``.
+        state: Previous state, each tensor ``[B, N]``.
+        weight: Input weights W, shape ``[N, I]``.
+        bias: Optional input bias, shape ``[N]``.
+        recurrent_weight: Optional recurrent weights H, shape ``[N, N]``.
+        decay: Membrane decay l, a float or a tensor broadcastable to ``[B, N]``.
+        threshold: Threshold, a float or a tensor broadcastable to ``[B, N]``.
         soft: Sigmoid output (sSNU) instead of a step.
         relu: g = ReLU (otherwise the identity).
         slope: Steepness of the step's surrogate derivative.
         detach_spikes: Cut every gradient path through y_{t-1} (what e-prop ignores).
         detach_recurrent: Cut the time path through H y_{t-1} (what OSTL without H ignores).
-        feedback_weight: Send the error to x through this [N, I] matrix instead of W (the
+        feedback_weight: Send the error to x through this ``[N, I]`` matrix instead of W (the
             ``"random"`` learning signal).
 
     Returns:
-        The output y_t [B, N] and the new state.
+        The output y_t ``[B, N]`` and the new state.
     """
     s_prev, y_prev = state
     if detach_spikes:
@@ -112,9 +112,9 @@ class SNU(nn.Module):
     Args:
         in_features: I, size of each input sample.
         out_features: N, number of units.
-        recurrent: Add all-to-all recurrent weights H (shape [N, N]).
-        bias: Add an input bias (shape [N]).
-        decay: Initial membrane decay l in [0, 1].
+        recurrent: Add all-to-all recurrent weights H (shape ``[N, N]``).
+        bias: Add an input bias (shape ``[N]``).
+        decay: Initial membrane decay l in ``[0, 1]``.
         learn_decay: Train the decay (one scalar, or one per unit with ``decay_per_unit``).
         decay_per_unit: Give every unit its own decay.
         threshold: Initial threshold (the paper's -b).
@@ -126,8 +126,8 @@ class SNU(nn.Module):
         dtype: Parameter dtype (float64 for exactness tests).
 
     Shape:
-        - input: [B, I]; state: :class:`SNUState` of [B, N] tensors or ``None`` (zeros).
-        - output: ``(y, state)`` with y of shape [B, N].
+        - input: ``[B, I]``; state: :class:`SNUState` of ``[B, N]`` tensors or ``None`` (zeros).
+        - output: ``(y, state)`` with y of shape ``[B, N]``.
     """
 
     soft_default = False
@@ -192,7 +192,7 @@ class SNU(nn.Module):
         return self.recurrent_weight is not None
 
     def initial_state(self, x: Tensor) -> SNUState:
-        """Zero state for a batch like ``x`` ([B, I])."""
+        """Zero state for a batch like ``x`` (``[B, I]``)."""
         zeros = x.new_zeros(x.shape[0], self.out_features, dtype=self.weight.dtype)
         return SNUState(zeros, zeros.clone())
 

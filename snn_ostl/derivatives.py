@@ -9,8 +9,8 @@ Shape letters used throughout snn_ostl:
 - ``P``: number of elements of one parameter.
 
 An *elementwise* cell updates each neuron from its own state and its own input current
-``a_t`` ([B, *N]), so its Jacobians are diagonal and can be stored as tensors broadcastable to
-[B, *N]. A *dense* cell mixes neurons (torch RNN cells); its Jacobians are full matrices.
+``a_t`` (``[B, *N]``), so its Jacobians are diagonal and can be stored as tensors broadcastable to
+``[B, *N]``. A *dense* cell mixes neurons (torch RNN cells); its Jacobians are full matrices.
 
 Only :func:`torch.autograd.grad` is used here: ``torch.func`` transforms fail on the
 old-style ``autograd.Function`` surrogates of snnTorch and Norse (SPEC §4).
@@ -32,7 +32,7 @@ __all__ = [
     "elementwise_derivatives",
 ]
 
-#: A partial derivative of an elementwise cell: a tensor broadcastable to [B, *N], a Python
+#: A partial derivative of an elementwise cell: a tensor broadcastable to ``[B, *N]``, a Python
 #: number (the same for every neuron and step), or None (exactly zero).
 Partial = Tensor | float | None
 
@@ -89,17 +89,17 @@ def elementwise_derivatives(
 
     Each neuron's new state depends only on its own old state, current and parameters, so one
     backward pass per new state tensor with a cotangent of ones yields every neuron's partials at
-    once. Scalar or per-neuron parameters are expanded to [B, *N] first so that their partials
+    once. Scalar or per-neuron parameters are expanded to ``[B, *N]`` first so that their partials
     come out per neuron instead of summed.
 
     Args:
         cell: ``cell(current, state, params) -> new_state``: one step, pure.
-        current: a_t, shape [B, *N].
-        state: S tensors of shape [B, *N].
-        params: The cell's elementwise parameters (any shape broadcastable to [B, *N]).
+        current: a_t, shape ``[B, *N]``.
+        state: S tensors of shape ``[B, *N]``.
+        params: The cell's elementwise parameters (any shape broadcastable to ``[B, *N]``).
 
     Returns:
-        The partials, every entry a tensor of shape [B, *N] or None.
+        The partials, every entry a tensor of shape ``[B, *N]`` or None.
     """
     with torch.enable_grad():
         a = current.detach().requires_grad_(True)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +53,23 @@ class TraceGroup:
     key: str = ""
     fused: bool = False
     trace: Any = field(default=None, repr=False)
+    pool: list[Any] = field(default_factory=list, repr=False)
+
+    def take_buffers(self) -> list[Tensor] | None:
+        """Recycled trace tensors shaped like the current trace, if any are free."""
+        while self.pool:
+            spare = self.pool.pop()
+            current = self.trace or []
+            if len(spare) == len(current) and all(
+                isinstance(a, Tensor)
+                and isinstance(b, Tensor)
+                and a.shape == b.shape
+                and a.dtype == b.dtype
+                and a.device == b.device
+                for a, b in zip(spare, current)
+            ):
+                return spare
+        return None
 
     def trace_bytes(self) -> int:
         """Memory held by the current trace."""
@@ -59,7 +78,7 @@ class TraceGroup:
 
 
 def _stack_partials(parts: Sequence[Partial], like: Tensor) -> Tensor:
-    """S partials -> one [B, S, N] tensor (None -> 0)."""
+    """S partials -> one ``[B, S, N]`` tensor (None -> 0)."""
     flat = like.reshape(like.shape[0], -1)
     out = []
     for p in parts:
@@ -93,6 +112,7 @@ class Layer:
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
         self.has_traces = False
+        self.pending_bytes = 0
         self.step: StepRecord | None = None
         self.inputs: dict[str | int, Tensor] = {}
 
@@ -215,6 +235,7 @@ class Layer:
         """Forget traces and the batch size (a new sequence starts)."""
         for g in self.groups:
             g.trace = None
+            g.pool.clear()
         self.has_traces = False
         self.batch = None
         self.step = None
@@ -259,15 +280,20 @@ class Layer:
         self.step = StepRecord(current=current, prev=prev)
         if not self.has_traces or not self.groups:
             return prev
-        snapshot = [g.trace for g in self.groups]
-        groups = list(self.groups)
         spikes = set(self.adapter.spike_states) if self.variant == "eprop" else set()
+        history = _History(list(self.groups), [g.trace for g in self.groups], spikes)
+        size = history.nbytes()
+        self.pending_bytes += size
+        weakref.finalize(history, self._recycle, history.snapshot, size)
+        return inject(history, prev, [g.param for g in self.groups])
 
-        def history(grads: Sequence[Tensor | None]) -> list[Tensor | None]:
-            grads = [None if k in spikes else g for k, g in enumerate(grads)]
-            return [None if g.fused else _contract(g, tr, grads) for g, tr in zip(groups, snapshot)]
-
-        return inject(history, prev, [g.param for g in groups])
+    def _recycle(self, snapshot: list[Any], size: int) -> None:
+        """A step's graph is gone: its eligibility snapshot can be reused as an output buffer."""
+        self.pending_bytes -= size
+        for g, old in zip(self.groups, snapshot):
+            if g.form == "per-synapse" and isinstance(old, list) and old is not g.trace:
+                if len(g.pool) < 2 and all(isinstance(t, Tensor) for t in old):
+                    g.pool.append(old)
 
     def after_step(self, new: tuple[Tensor, ...]) -> None:
         """Advance every trace by one step: ``e_t = J_t e_{t-1} + ∂s_t/∂θ``."""
@@ -334,14 +360,15 @@ class Layer:
                 self.fused_ran = False
                 continue
             if g.form == "full-jacobian":
-                g.trace = T.update_dense(dense_jac, g.trace, self._dense_immediate(g, d, step))
+                g.trace = T.update_dense(dense_jac, g.trace, self._dense_buffer(g, step))
+                self._add_dense_immediate(g, d, step, g.trace)
             elif g.role == "weight":
                 x = self._synapse_input(g.source, step).detach()
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
                     g.trace = T.update_presynaptic(d.state, d.current, old, x)
                 else:
-                    g.trace = T.update_per_synapse(d.state, d.current, old, x)
+                    g.trace = T.update_per_synapse(d.state, d.current, old, x, g.take_buffers())
             elif g.role == "bias":
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
@@ -372,29 +399,36 @@ class Layer:
                 view[:, k, :, s.source, :] += c_t.unsqueeze(-1) * weight.unsqueeze(0)
         return jac
 
-    def _dense_immediate(
-        self, g: TraceGroup, d: ElementwiseDerivatives, step: StepRecord
-    ) -> Tensor:
+    def _dense_buffer(self, g: TraceGroup, step: StepRecord) -> Tensor | None:
+        """A zeroed [B, S*N, P] trace for the first step (later steps allocate in the bmm)."""
+        if g.trace is not None:
+            return None
+        like = step.prev[0]
+        width = len(step.prev) * like[0].numel()
+        return like.new_zeros(like.shape[0], width, g.param.numel())
+
+    def _add_dense_immediate(
+        self, g: TraceGroup, d: ElementwiseDerivatives, step: StepRecord, target: Tensor
+    ) -> None:
+        """Add ``∂s_t/∂θ`` (mostly zeros) into a ``[B, S*N, P]`` dense trace in place."""
         like = step.prev[0]
         batch, n, size = like.shape[0], like[0].numel(), d.num_states
         if g.role in ("weight", "bias"):
             c = _stack_partials(d.current, like)  # [B, S, N]
             if g.role == "bias":
-                imm = like.new_zeros(batch, size, n, n)
-                imm.diagonal(dim1=2, dim2=3).copy_(c)
-                return imm.reshape(batch, size * n, n)
+                target.view(batch, size, n, n).diagonal(dim1=2, dim2=3).add_(c)
+                return
             x = self._synapse_input(g.source, step).detach().reshape(batch, -1)
             width = x.shape[1]
-            imm = like.new_zeros(batch, size, n, n, width)
-            imm.diagonal(dim1=2, dim2=3).copy_(x[:, None, :, None] * c[:, :, None, :])
-            return imm.reshape(batch, size * n, n * width)
+            diag = target.view(batch, size, n, n, width).diagonal(dim1=2, dim2=3)  # [B,S,I,N]
+            diag.add_(x[:, None, :, None] * c[:, :, None, :])
+            return
         dp = _stack_partials(d.params[g.key], like)  # [B, S, N]
-        numel = g.param.numel()
-        index = torch.arange(numel, device=like.device).reshape(g.param.shape)
+        index = torch.arange(g.param.numel(), device=like.device).reshape(g.param.shape)
         index = index.expand(like.shape[1:]).reshape(-1)
-        imm = like.new_zeros(batch, size, n, numel)
-        imm[:, :, torch.arange(n, device=like.device), index] = dp
-        return imm.reshape(batch, size * n, numel)
+        view = target.view(batch, size, n, g.param.numel())
+        # each neuron n touches one element index[n] of the parameter: pairs are unique
+        view[:, :, torch.arange(n, device=like.device), index] += dp
 
     def _advance_dense_cell(self, step: StepRecord) -> None:
         adapter = self.adapter
@@ -404,7 +438,38 @@ class Layer:
             lambda x, s, p: adapter.step(self.module, x, s, p), step.current, step.prev, params
         )
         for g in self.groups:
-            g.trace = T.update_dense(d.state, g.trace, d.params[g.key])
+            immediate = d.params[g.key]
+            g.trace = (
+                immediate if g.trace is None else T.update_dense(d.state, g.trace).add_(immediate)
+            )
+
+
+class _History:
+    """The backward-time contraction of one step; holds the eligibility snapshot ``e_{t-1}``.
+
+    An object rather than a closure so that a finalizer can tell when autograd lets go of it
+    (the step's graph is gone) and recycle the snapshot's buffers.
+    """
+
+    __slots__ = ("__weakref__", "groups", "snapshot", "spikes")
+
+    def __init__(self, groups: list[TraceGroup], snapshot: list[Any], spikes: set[int]) -> None:
+        self.groups, self.snapshot, self.spikes = groups, snapshot, spikes
+
+    def nbytes(self) -> int:
+        total = 0
+        for tr in self.snapshot:
+            for t in tr if isinstance(tr, list) else [tr]:
+                if isinstance(t, Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+    def __call__(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        grads = [None if k in self.spikes else g for k, g in enumerate(grads)]
+        return [
+            None if g.fused else _contract(g, tr, grads)
+            for g, tr in zip(self.groups, self.snapshot)
+        ]
 
 
 def _contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tensor | None:
@@ -425,7 +490,7 @@ def _contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tens
                 term = g.op.bias_grad(gk) * bk
                 out = term if out is None else out + term
     elif g.role == "bias":
-        # a conv bias is per channel while the neuron state is [C, H, W]
+        # a conv bias is per channel while the neuron state is ``[C, H, W]``
         target = shape if grads[0] is None or grads[0].dim() == 2 else (shape[0], 1, 1)
         out = T.contract_elementwise(grads, trace, torch.Size(target))
         out = None if out is None else out.reshape(shape)

@@ -115,7 +115,6 @@ class OSTL:
         self._fused: dict[nn.Module, Layer] = {}  # synapse -> layer whose weight it fuses
         self._saving: dict[nn.Module, Any] = {}
         self._order: dict[str, int] = {}
-        self._pending_bytes = 0
         self._handles: list[Any] = []
         self._attached = True
         self.signals = FeedbackSignals(learning_signal, seed)
@@ -256,6 +255,9 @@ class OSTL:
             current = adapter.current(module, args, kwargs)
             prev = adapter.read_state(module, args, kwargs)
             if prev is None:
+                # The module starts from its zero state: a new sequence, so the traces restart
+                # too (otherwise a forgotten learner.reset() would mix two sequences silently).
+                layer.reset()
                 prev = adapter.initial_state(module, current)
             inputs: dict[str | int, Tensor] = {}
             has_internal = bool(getattr(adapter, "internal_synapses", lambda m: [])(module))
@@ -339,23 +341,18 @@ class OSTL:
                     stacklevel=4,
                 )
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of eligibility snapshots that wait for a backward pass."""
+        return sum(layer.pending_bytes for layer in self.layers.values())
+
     def _track_pending(self, layer: Layer) -> None:
         """Refuse to pile up eligibility snapshots past the budget (whole-sequence backward)."""
-        if not layer.has_traces:
-            return
-        size = sum(g.trace_bytes() for g in layer.groups)
-        self._pending_bytes += size
-        holder = layer.groups[0].trace
-        anchor = holder[0] if isinstance(holder, list) else holder
-        if isinstance(anchor, Tensor):
-            weakref.finalize(anchor, self._release, size)
-        if self._pending_bytes > self.trace_budget:
+        pending = self.pending_bytes
+        if pending > self.trace_budget:
             raise TraceBudgetError(
-                f"{layer.path}: {self._pending_bytes / 2**20:.0f} MiB of eligibility snapshots "
-                "wait for a backward pass (a backward over the whole sequence keeps one per "
-                f"step), more than trace_budget={self.trace_budget / 2**20:.0f} MiB. Call "
-                "loss.backward() every step or every few steps, or raise trace_budget."
+                f"{layer.path}: {pending / 2**20:.1f} MiB of eligibility snapshots wait for a "
+                "backward pass (a backward over the whole sequence keeps one per step), more "
+                f"than trace_budget={self.trace_budget / 2**20:.1f} MiB. Call loss.backward() "
+                "every step or every few steps, or raise trace_budget."
             )
-
-    def _release(self, size: int) -> None:
-        self._pending_bytes -= size

@@ -18,6 +18,7 @@ __all__ = [
     "AdapterEntry",
     "adapter_for",
     "refusal_for",
+    "refusals",
     "register_adapter",
     "register_refusal",
     "registered",
@@ -93,6 +94,11 @@ def register_refusal(module_type: type[nn.Module], why: str, fix: str) -> None:
     whose known bugs would mis-train.
     """
     _REFUSALS[module_type] = (why, fix)
+
+
+def refusals() -> dict[type[nn.Module], tuple[str, str]]:
+    """Every refused module type with its (why, fix)."""
+    return dict(_REFUSALS)
 
 
 def refusal_for(module: nn.Module) -> tuple[str, str] | None:

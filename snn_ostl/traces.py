@@ -6,12 +6,12 @@ place: an update returns new tensors, so a snapshot that a pending backward stil
 valid (the whole-sequence backward of issue #2). Three storage forms exist (SPEC §3):
 
 - presynaptic: when J and ∂s/∂a are plain numbers, ``e^k[b, n, i] = x̄^k[b, i]`` for every
-  neuron n, so only the filtered input ``x̄`` ([B, *I]) is stored; the gradient is the
+  neuron n, so only the filtered input ``x̄`` (``[B, *I]``) is stored; the gradient is the
   synapse's own weight-gradient evaluated at ``x̄`` (works for Linear and Conv alike).
-- per-synapse: ``e^k`` of shape [B, N, I] for a Linear synapse of any elementwise cell.
+- per-synapse: ``e^k`` of shape ``[B, N, I]`` for a Linear synapse of any elementwise cell.
 - dense: ``e`` of shape [B, S*N, P] for cells whose Jacobian mixes neurons.
 
-Elementwise parameters of the cell itself (decay, threshold) keep an [B, *N] trace per state.
+Elementwise parameters of the cell itself (decay, threshold) keep an ``[B, *N]`` trace per state.
 Shape letters are defined in :mod:`snn_ostl.derivatives`.
 """
 
@@ -104,9 +104,9 @@ def mix(jac: Sequence[Sequence[Partial]], traces: Traces, extra: int = 0) -> Tra
     """``out^k = Σ_j jac[k][j] * traces[j]`` for elementwise Jacobians.
 
     Args:
-        jac: S x S table of partials broadcastable to [B, *N].
-        traces: S tensors [B, *N, *extra dims] (or None for zero).
-        extra: Number of trailing trace dimensions beyond [B, *N].
+        jac: S x S table of partials broadcastable to ``[B, *N]``.
+        traces: S tensors ``[B, *N, *extra dims]`` (or None for zero).
+        extra: Number of trailing trace dimensions beyond ``[B, *N]``.
     """
     out: Traces = []
     for row in jac:
@@ -136,7 +136,7 @@ def update_presynaptic(
         jac: S x S numbers (or None).
         current: S numbers ``∂s^k/∂a``.
         xbar: S filtered inputs shaped like x, or None.
-        x: The synapse input at step t, [B, *I]. For a bias pass a ones tensor.
+        x: The synapse input at step t, ``[B, *I]``. For a bias pass a ones tensor.
     """
     mixed = mix(jac, xbar)
     return [
@@ -157,35 +157,78 @@ def contract_presynaptic(
 
 
 # ----------------------------------------------------------------------------- per-synapse
+def _neuron_major(partial: Partial, batch: int, neurons: int) -> Partial:
+    """A [B, N]-broadcastable partial as an [N, B, 1] tensor (numbers pass through)."""
+    if not isinstance(partial, Tensor):
+        return partial
+    return partial.expand(batch, neurons).t().unsqueeze(-1)
+
+
 def update_per_synapse(
-    jac: Sequence[Sequence[Partial]], current: Sequence[Partial], e: Traces, x: Tensor
+    jac: Sequence[Sequence[Partial]],
+    current: Sequence[Partial],
+    e: Traces,
+    x: Tensor,
+    out: Sequence[Tensor] | None = None,
 ) -> Traces:
-    """``e^k_t[b,n,i] = Σ_j J[k][j][b,n] e^j_{t-1}[b,n,i] + c^k[b,n] x[b,i]`` (Linear synapse).
+    """``e^k_t[n,b,i] = Σ_j J[k][j][b,n] e^j_{t-1}[n,b,i] + c^k[b,n] x[b,i]`` (Linear synapse).
+
+    Traces are stored neuron-major, ``[N, B, I]``, so that the backward contraction is a single
+    batched matrix product over neurons with no copy.
 
     Args:
-        jac: S x S partials broadcastable to [B, N].
-        current: S partials ``∂s^k/∂a`` broadcastable to [B, N].
-        e: S traces [B, N, I] or None.
-        x: Synapse input [B, I].
+        jac: S x S partials broadcastable to ``[B, N]``.
+        current: S partials ``∂s^k/∂a`` broadcastable to ``[B, N]``.
+        e: S traces ``[N, B, I]`` or None.
+        x: Synapse input ``[B, I]``.
+        out: Optional S buffers ``[N, B, I]`` to write into (recycled old traces).
     """
-    mixed = mix(jac, e, extra=1)
-    out: Traces = []
-    for m, c in zip(mixed, current):
-        if c is None:
-            out.append(m)
-            continue
-        c_t = c if isinstance(c, Tensor) else torch.tensor(c, dtype=x.dtype, device=x.device)
-        imm = c_t.unsqueeze(-1) * x.unsqueeze(-2)
-        out.append(_add(m, imm))
-    return out
+    batch, width = x.shape
+    neurons = next(
+        (t.shape[0] for t in e if t is not None),
+        next(
+            p.shape[-1] for p in (*current, *(q for r in jac for q in r)) if isinstance(p, Tensor)
+        ),
+    )
+    x_row = x.unsqueeze(0)
+    result: Traces = []
+    for k, row in enumerate(jac):
+        buf = None if out is None else out[k]
+        acc: Tensor | None = None
+        terms = [(p, t) for p, t in zip(row, e) if p is not None and t is not None]
+        terms += [(current[k], x_row)] if current[k] is not None else []
+        for partial, trace in terms:
+            scale = _neuron_major(partial, batch, neurons)
+            if acc is None:
+                if trace is x_row:
+                    shape = (neurons, batch, width)
+                    target = buf if buf is not None else x.new_empty(shape)
+                    acc = torch.mul(
+                        torch.as_tensor(scale, dtype=x.dtype).expand(neurons, batch, 1)
+                        if not isinstance(scale, Tensor)
+                        else scale,
+                        x_row,
+                        out=target,
+                    )
+                elif buf is not None:
+                    acc = torch.mul(trace, scale, out=buf)
+                else:
+                    acc = trace * scale
+            elif isinstance(scale, Tensor):
+                acc.addcmul_(scale, trace)
+            else:
+                acc.add_(trace, alpha=scale)
+        result.append(acc)
+    return result
 
 
 def contract_per_synapse(grads: Sequence[Tensor | None], e: Traces) -> Tensor | None:
-    """``Σ_{k,b} ĝ^k[b,n] e^k[b,n,i]`` -> weight gradient [N, I]."""
+    """``Σ_{k,b} ĝ^k[b,n] e^k[n,b,i]`` -> weight gradient ``[N, I]`` (one bmm per state)."""
     out = None
     for g, tr in zip(grads, e):
         if g is not None and tr is not None:
-            out = _add(out, torch.einsum("bn,bni->ni", g, tr))
+            term = torch.bmm(g.reshape(g.shape[0], -1).t().unsqueeze(1), tr).squeeze(1)
+            out = _add(out, term)
     return out
 
 
@@ -196,10 +239,10 @@ def update_elementwise(
     """``e^k_t = Σ_j J[k][j] e^j_{t-1} + ∂s^k_t/∂φ`` for a cell's own elementwise parameter.
 
     Args:
-        jac: S x S partials broadcastable to [B, *N].
+        jac: S x S partials broadcastable to ``[B, *N]``.
         immediate: S partials ``∂s^k/∂φ`` per neuron.
-        e: S traces [B, *N] or None.
-        like: A [B, *N] tensor that fixes shape, dtype and device.
+        e: S traces ``[B, *N]`` or None.
+        like: A ``[B, *N]`` tensor that fixes shape, dtype and device.
     """
     mixed = mix(jac, e)
     out: Traces = []
@@ -228,8 +271,8 @@ def dense_from_elementwise(jac: Sequence[Sequence[Partial]], like: Tensor) -> Te
     """Build the full [B, S*N, S*N] matrix of an elementwise Jacobian (diagonal blocks).
 
     Args:
-        jac: S x S partials broadcastable to [B, N].
-        like: A [B, N] tensor.
+        jac: S x S partials broadcastable to ``[B, N]``.
+        like: A ``[B, N]`` tensor.
     """
     batch, n = like.shape[0], like[0].numel()
     size = len(jac)
@@ -243,9 +286,16 @@ def dense_from_elementwise(jac: Sequence[Sequence[Partial]], like: Tensor) -> Te
     return out.reshape(batch, size * n, size * n)
 
 
-def update_dense(jac: Tensor, e: Tensor | None, immediate: Tensor) -> Tensor:
-    """``e_t = J_t e_{t-1} + ∂s_t/∂θ`` with J [B, S*N, S*N] and traces [B, S*N, P]."""
-    return immediate if e is None else torch.baddbmm(immediate, jac, e)
+def update_dense(jac: Tensor, e: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``J_t e_{t-1}`` with J ``[B, S*N, S*N]`` and traces ``[B, S*N, P]`` (zeros at t = 0).
+
+    The caller adds the immediate term ``∂s_t/∂θ`` in place; it is mostly zeros, so it is never
+    built as a full tensor.
+    """
+    if e is None:
+        shape = (jac.shape[0], jac.shape[1], out.shape[2] if out is not None else 0)
+        return out.zero_() if out is not None else jac.new_zeros(shape)
+    return torch.bmm(jac, e, out=out)
 
 
 def contract_dense(grads: Sequence[Tensor | None], e: Tensor, shape: torch.Size) -> Tensor:

@@ -14,7 +14,15 @@ from snn_ostl.adapter import CellAdapter
 from snn_ostl.errors import Problem
 from snn_ostl.registry import adapter_for, refusal_for, registered
 
-__all__ = ["STATELESS", "SYNAPSES", "Plan", "plan_model", "supported_names", "validate"]
+__all__ = [
+    "STATELESS",
+    "SYNAPSES",
+    "WHOLE_SEQUENCE",
+    "Plan",
+    "plan_model",
+    "supported_names",
+    "validate",
+]
 
 #: Modules whose weights can feed a stateful layer's current directly.
 SYNAPSES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -29,7 +37,8 @@ STATELESS: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 )  # fmt: skip
 
-_WHOLE_SEQUENCE = {
+#: Whole-sequence torch modules refused, with the cell to use instead.
+WHOLE_SEQUENCE = {
     nn.RNN: "nn.RNNCell",
     nn.LSTM: "nn.LSTMCell",
     nn.GRU: "nn.GRUCell",
@@ -95,7 +104,7 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
             continue
         if type(module) in SYNAPSES:
             plan.synapses[path] = module
-        elif type(module) in _WHOLE_SEQUENCE:
+        elif type(module) in WHOLE_SEQUENCE:
             owned.append(path)
             plan.problems.append(
                 Problem(
@@ -103,7 +112,7 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
                     name,
                     f"{name} runs the whole sequence in one call, so there is no step at which "
                     "to carry eligibility traces forward.",
-                    f"use {_WHOLE_SEQUENCE[type(module)]} and call it once per time step.",
+                    f"use {WHOLE_SEQUENCE[type(module)]} and call it once per time step.",
                 )
             )
         elif isinstance(module, STATELESS):

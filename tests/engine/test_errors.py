@@ -60,10 +60,37 @@ def test_bad_options_name_the_allowed_values(option, value):
 
 def test_new_batch_without_reset_names_the_module():
     net = StackNet([8, 6])
+    x3, x5 = torch.rand(3, 8, dtype=torch.float64), torch.rand(5, 8, dtype=torch.float64)
     with snn_ostl.OSTL(net):
-        net(torch.rand(3, 8, dtype=torch.float64), [None])
+        net(x3, [None])
+        zero_state = net.cells[0].initial_state(x5)  # a hand-made zero state is not None
         with pytest.raises(snn_ostl.StateError, match=r"cells\.0 \(SNU\).*batch of 5.*reset"):
-            net(torch.rand(5, 8, dtype=torch.float64), [None])
+            net(x5, [zero_state])
+
+
+def test_none_state_starts_a_new_sequence():
+    """A module starting from None gets fresh traces, even without learner.reset()."""
+    net = StackNet([8, 6], recurrent=True)
+    x, target = data(steps=6)
+
+    def grads_of_second_sequence(call_reset: bool):
+        for p in net.parameters():
+            p.grad = None
+        with snn_ostl.OSTL(net) as learner:
+            for seq in range(2):
+                if call_reset:
+                    learner.reset()
+                if seq == 1:
+                    for p in net.parameters():
+                        p.grad = None
+                states = [None]
+                for t in range(6):
+                    out, states = net(x[t] * (1 + seq), states)
+                    ((out - target[t]) ** 2).sum().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    for a, b in zip(grads_of_second_sequence(True), grads_of_second_sequence(False)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_reset_allows_a_new_batch():

@@ -28,7 +28,7 @@ def _saved_and_trace_bytes(net, steps: int) -> tuple[int, int]:
                 loss = ((out - target[0]) ** 2).sum()
             loss.backward()
         traces = sum(g.trace_bytes() for layer in learner.layers.values() for g in layer.groups)
-        pending = learner._pending_bytes
+        pending = learner.pending_bytes
     return saved[0], traces, pending
 
 

@@ -1,0 +1,260 @@
+"""torch's RNNCell, LSTMCell and GRUCell under OSTL (the paper's generic OSTL, float64).
+
+The registry drives the cases: every example of every torch adapter is checked as a one-layer
+model against full BPTT and as a two-layer stack against the SPEC §2 oracle, with a negative
+control (the lower layer of the stack differs from full BPTT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from snn_ostl.adapters import load_available
+from torch import nn
+
+import snn_ostl
+from snn_ostl.errors import StateError, UnsupportedModuleError
+from snn_ostl.registry import adapter_for, registered
+from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+
+load_available()
+
+DT = torch.float64
+TOL = 1e-10
+T, B = 8, 3
+
+EXAMPLES = [
+    factory
+    for entry in registered()
+    if entry.adapter.framework == "torch"
+    for _, factory in entry.examples
+]
+IDS = [
+    f"{entry.module_type.__name__}-{name}"
+    for entry in registered()
+    if entry.adapter.framework == "torch"
+    for name, _ in entry.examples
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny per-sample Jacobians: a second intra-op thread only contends (LSTM: 100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Stack(nn.Module):
+    """cell -> (Linear bridge -> cell)* -> Linear readout, state threaded by the caller."""
+
+    def __init__(self, make: Callable[[], nn.Module], depth: int) -> None:
+        super().__init__()
+        self.cells = nn.ModuleList(make() for _ in range(depth))
+        first = self.cells[0]
+        self.inputs, hidden = first.input_size, first.hidden_size
+        self.bridges = nn.ModuleList(
+            nn.Linear(hidden, self.inputs, dtype=DT) for _ in range(depth - 1)
+        )
+        self.readout = nn.Linear(hidden, 2, dtype=DT)
+
+    def forward(self, x, states):
+        new = []
+        for k, (cell, state) in enumerate(zip(self.cells, states)):
+            if k:
+                x = self.bridges[k - 1](x)
+            state = cell(x, state)
+            new.append(state)
+            x = state[0] if isinstance(state, tuple) else state
+        return self.readout(x), new
+
+
+def _data(inputs: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, inputs, generator=gen, dtype=DT)
+    target = torch.randn(T, B, 2, generator=gen, dtype=DT)
+    return x, target
+
+
+def _runner(model: Stack, x, target):
+    def run():
+        states = [None] * len(model.cells)
+        for t in range(T):
+            out, states = model(x[t], states)
+            yield ((out - target[t]) ** 2).sum()
+
+    return run
+
+
+def _full_bptt(model: nn.Module, run) -> dict[str, torch.Tensor]:
+    for p in model.parameters():
+        p.grad = None
+    torch.stack(list(run())).sum().backward()
+    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for p in model.parameters():
+        p.grad = None
+    return out
+
+
+@pytest.mark.parametrize("make", EXAMPLES, ids=IDS)
+def test_one_layer_equals_full_bptt(make):
+    torch.manual_seed(0)
+    model = Stack(make, depth=1)
+    x, target = _data(model.inputs)
+    run = _runner(model, x, target)
+    grads, owners, _ = ostl_gradients(model, run)
+    reference = _full_bptt(model, run)
+    assert set(grads) == set(reference) == {n for n, _ in model.named_parameters()}
+    assert {n for n, o in owners.items() if o == "cells.0"} == {
+        n for n in grads if n.startswith("cells.0.")
+    }
+    errors = compare(grads, reference)
+    assert max(errors.values()) <= TOL, errors
+
+
+@pytest.mark.parametrize("make", EXAMPLES, ids=IDS)
+def test_two_layers_equal_oracle(make):
+    torch.manual_seed(1)
+    model = Stack(make, depth=2)
+    x, target = _data(model.inputs, seed=1)
+    run = _runner(model, x, target)
+    grads, owners, order = ostl_gradients(model, run)
+    reference = oracle_gradients(model, run, owners, order)
+    errors = compare(grads, reference)
+    assert max(errors.values()) <= TOL, errors
+    full = _full_bptt(model, run)
+    lower = [n for n in grads if n.startswith("cells.0.")]
+    assert lower
+    assert max(compare({n: grads[n] for n in lower}, {n: full[n] for n in lower}).values()) > 1e-3
+
+
+@pytest.mark.parametrize("make", EXAMPLES, ids=IDS)
+def test_one_backward_per_sequence_equals_per_step(make):
+    torch.manual_seed(2)
+    model = Stack(make, depth=2)
+    x, target = _data(model.inputs, seed=2)
+    run = _runner(model, x, target)
+    per_step, _, _ = ostl_gradients(model, run)
+    once, _, _ = ostl_gradients(model, run, per_step=False)
+    assert max(compare(once, per_step).values()) <= 1e-12
+
+
+@pytest.mark.parametrize("make", EXAMPLES, ids=IDS)
+def test_step_computes_the_module(make):
+    """The adapter's differentiable step gives the module's own values (its Jacobians' point)."""
+    torch.manual_seed(5)
+    cell = make()
+    adapter = adapter_for(cell)
+    x = torch.randn(B, cell.input_size, dtype=DT)
+    state = tuple(torch.randn(B, cell.hidden_size, dtype=DT) for _ in adapter.state_names)
+    hx = state if len(state) == 2 else state[0]
+    with torch.no_grad():
+        want = adapter.new_state(cell, (x, hx), {}, cell(x, hx))
+        got = adapter.step(cell, x, state, {})
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-15)
+    # params replace the module's own
+    zeros = {n: torch.zeros_like(p) for n, p in cell.named_parameters()}
+    with torch.no_grad():
+        h = adapter.step(cell, x, state, zeros)[0]
+    if isinstance(cell, nn.GRUCell):  # r = z = 1/2, n = 0
+        expected = 0.5 * state[0]
+    elif isinstance(cell, nn.LSTMCell):  # every gate 1/2, g = 0
+        expected = 0.5 * torch.tanh(0.5 * state[1])
+    else:
+        expected = torch.zeros_like(h)
+    torch.testing.assert_close(h, expected, rtol=0, atol=1e-15)
+
+
+def test_traces_are_full_jacobians():
+    model = Stack(lambda: nn.LSTMCell(3, 4, dtype=DT), depth=1)
+    with snn_ostl.OSTL(model) as learner:
+        learner.reset()
+        model(torch.randn(B, 3, dtype=DT), [None])
+        groups = {g.name: g for g in learner.layers["cells.0"].groups}
+        shape = groups["cells.0.weight_ih"].trace.shape
+    assert set(groups) == {f"cells.0.{n}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    assert {g.form for g in groups.values()} == {"full-jacobian"}
+    # state (h, c): S*N = 8 rows per sample, one column per parameter element
+    assert shape == (B, 8, 16 * 3)
+
+
+def test_hx_as_keyword_and_explicit_initial_state():
+    torch.manual_seed(3)
+    cell = nn.GRUCell(3, 4, dtype=DT)
+    readout = nn.Linear(4, 1, dtype=DT)
+    model = nn.ModuleDict({"cell": cell, "readout": readout})
+    x = torch.randn(T, B, 3, dtype=DT)
+
+    def run():
+        h = torch.zeros(B, 4, dtype=DT)  # an explicit zero state, passed by keyword
+        for t in range(T):
+            h = cell(x[t], hx=h)
+            yield readout(h).pow(2).sum()
+
+    grads, _, _ = ostl_gradients(model, run)
+    reference = _full_bptt(model, run)
+    assert max(compare(grads, reference).values()) <= TOL
+
+
+def test_linear_before_the_cell_gets_its_instantaneous_gradient():
+    """A Linear feeding a dense cell is not traced: the oracle counts the cell above it."""
+    torch.manual_seed(4)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre = nn.Linear(3, 3, dtype=DT)
+            self.cell = nn.LSTMCell(3, 4, dtype=DT)
+            self.out = nn.Linear(4, 2, dtype=DT)
+
+        def forward(self, x, state):
+            state = self.cell(self.pre(x), state)
+            return self.out(state[0]), state
+
+    net = Net()
+    x, target = torch.randn(T, B, 3, dtype=DT), torch.randn(T, B, 2, dtype=DT)
+
+    def run():
+        state = None
+        for t in range(T):
+            out, state = net(x[t], state)
+            yield ((out - target[t]) ** 2).sum()
+
+    grads, owners, order = ostl_gradients(net, run)
+    assert "pre.weight" not in owners
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        for loss in run():
+            loss.backward()
+        assert "approximation" in learner.summary()
+
+
+def test_other_variants_are_refused():
+    model = nn.Sequential(nn.RNNCell(3, 4, dtype=DT))
+    with pytest.raises(UnsupportedModuleError, match=r"0 \(RNNCell\).*variant='ostl'"):
+        snn_ostl.OSTL(model, variant="eprop")
+
+
+def test_unbatched_input_is_refused_with_a_fix():
+    cell = nn.RNNCell(3, 4, dtype=DT)
+    with snn_ostl.OSTL(cell) as learner:
+        learner.reset()
+        with pytest.raises(StateError, match="batch dimension"):
+            cell(torch.randn(3, dtype=DT))
+
+
+def test_whole_sequence_modules_name_the_cell():
+    with pytest.raises(UnsupportedModuleError, match=r"lstm \(LSTM\).*nn\.LSTMCell"):
+        snn_ostl.OSTL(nn.ModuleDict({"lstm": nn.LSTM(3, 4)}))
+
+
+def test_every_torch_cell_is_registered():
+    names = {e.module_type for e in registered() if e.adapter.framework == "torch"}
+    assert names == {nn.RNNCell, nn.LSTMCell, nn.GRUCell}
+    assert adapter_for(nn.LSTMCell(2, 3)).state_names == ("h", "c")
