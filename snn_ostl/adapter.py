@@ -176,7 +176,7 @@ class ElementwiseAdapter(CellAdapter):
     kind = "elementwise"
 
     def neuron_parameters(self, module: nn.Module) -> dict[str, nn.Parameter]:
-        """Trainable parameters of the neuron itself, broadcastable to ``[*N]`` (decay, threshold)."""
+        """Trainable parameters of the neuron itself, broadcastable to ``[*N]`` (decay, ...)."""
         return {}
 
     def internal_synapses(self, module: nn.Module) -> list[InternalSynapse]:

@@ -8,11 +8,10 @@ eligibility snapshot into the autograd graph through :func:`snn_ostl.inject.inje
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -291,9 +290,9 @@ class Layer:
         """A step's graph is gone: its eligibility snapshot can be reused as an output buffer."""
         self.pending_bytes -= size
         for g, old in zip(self.groups, snapshot):
-            if g.form == "per-synapse" and isinstance(old, list) and old is not g.trace:
-                if len(g.pool) < 2 and all(isinstance(t, Tensor) for t in old):
-                    g.pool.append(old)
+            reusable = g.form == "per-synapse" and isinstance(old, list) and old is not g.trace
+            if reusable and len(g.pool) < 2 and all(isinstance(t, Tensor) for t in old):
+                g.pool.append(old)
 
     def after_step(self, new: tuple[Tensor, ...]) -> None:
         """Advance every trace by one step: ``e_t = J_t e_{t-1} + ∂s_t/∂θ``."""
