@@ -312,32 +312,34 @@ class OSTL:
         return args, kwargs
 
     def _bind(self, layer: Layer, found: tuple[nn.Module, Tensor] | None) -> None:
-        if found is None:
-            layer.bind(None, None)
-            return
-        synapse = found[0]
-        path = self._synapse_paths[synapse]
-        for other in self.layers.values():
-            if other.synapse is synapse:
-                raise StateError(
-                    f"{path} feeds both {other.path} and {layer.path}; a synapse may feed one "
-                    "stateful layer only. Give each layer its own Linear/Conv module."
-                )
+        synapse, path = None, None
+        if found is not None:
+            synapse = found[0]
+            path = self._synapse_paths[synapse]
+            for other in self.layers.values():
+                if other.synapse is synapse:
+                    raise StateError(
+                        f"{path} feeds both {other.path} and {layer.path}; a synapse may feed "
+                        "one stateful layer only. Give each layer its own Linear/Conv module."
+                    )
         layer.bind(path, synapse)
+        # Name every trained parameter as the model does (an adapter may reach a parameter
+        # that another module registers, e.g. a Norse LIFParameters field).
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for g in layer.groups:
+            g.name = names.get(id(g.param), g.name)
         if layer.fused_group is not None:
             self._fused[synapse] = layer
-        warn = [
-            p
-            for p, m in self._plan.synapses.items()
-            if p in self._order and not any(lay.synapse is m for lay in self.layers.values())
-        ]
-        for p in warn:
-            if p not in self._plan.instantaneous:
-                self._plan.instantaneous[p] = f"below {layer.path}: instantaneous gradient"
+        bound = {lay.synapse for lay in self.layers.values()}
+        for p, m in self._plan.synapses.items():
+            if p in self._order and m not in bound and p not in self._plan.instantaneous:
+                self._plan.instantaneous[p] = (
+                    f"instantaneous gradient (approximation: below {layer.path})"
+                )
                 warnings.warn(
-                    f"{p} runs before the stateful layer {layer.path} without feeding it "
-                    "directly; it is trained with its instantaneous gradient (an approximation, "
-                    "see learner.summary()).",
+                    f"{p} runs before the stateful layer {layer.path} without feeding its "
+                    "current directly; it is trained with its instantaneous gradient (an "
+                    "approximation, see learner.summary()).",
                     stacklevel=4,
                 )
 

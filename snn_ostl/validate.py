@@ -71,8 +71,8 @@ def supported_names() -> str:
     return ", ".join(names)
 
 
-def _has_own_tensors(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False)) or any(
+def _has_own_tensors(module: nn.Module, claimed: set[int]) -> bool:
+    return any(id(p) not in claimed for p in module.parameters(recurse=False)) or any(
         True for _ in module.buffers(recurse=False)
     )
 
@@ -86,6 +86,13 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
     """
     plan = Plan()
     owned: list[str] = []  # modules whose insides belong to an adapted module
+    # Parameters an adapter trains although another module registers them (e.g. a Norse
+    # LIFParameters field wrapped in nn.Parameter and held by the user's model).
+    claimed: set[int] = set()
+    for module in model.modules():
+        adapter = adapter_for(module)
+        if adapter is not None and hasattr(adapter, "neuron_parameters"):
+            claimed.update(id(p) for p in adapter.neuron_parameters(module).values())
     for path, module in model.named_modules():
         if any(path.startswith(prefix + ".") for prefix in owned):
             continue
@@ -96,6 +103,23 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
             plan.layers[path] = (module, adapter)
             for why, fix in adapter.problems(module, variant):
                 plan.problems.append(Problem(path, name, why, fix))
+            continue
+        parent = next(
+            (e.module_type for e in registered() if isinstance(module, e.module_type)), None
+        )
+        if parent is not None:
+            owned.append(path)
+            plan.problems.append(
+                Problem(
+                    path,
+                    name,
+                    f"it subclasses {parent.__name__}, whose adapter is not used for subclasses "
+                    "because a subclass may change forward().",
+                    f"if {name} keeps {parent.__name__}'s step, register it: "
+                    f"snn_ostl.register_adapter({name})(type(snn_ostl.registry.adapter_for("
+                    f"{parent.__name__}(...)))), or use {parent.__name__} itself.",
+                )
+            )
             continue
         refusal = refusal_for(module)
         if refusal is not None:
@@ -117,7 +141,7 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
             )
         elif isinstance(module, STATELESS):
             continue
-        elif _has_own_tensors(module):
+        elif _has_own_tensors(module, claimed):
             framework = type(module).__module__.split(".")[0]
             owned.append(path)
             if framework in ("snntorch", "norse"):

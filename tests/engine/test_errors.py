@@ -150,3 +150,18 @@ def test_synapse_feeding_two_layers_is_refused():
         pytest.raises(snn_ostl.StateError, match="fc feeds both"),
     ):
         learner.model(torch.rand(2, 4, dtype=torch.float64))
+
+
+def test_subclass_of_an_adapted_cell_is_refused_not_skipped():
+    class MySNU(snn_ostl.SNU):
+        pass
+
+    problems = snn_ostl.validate(nn.Sequential(MySNU(4, 3)))
+    assert len(problems) == 1 and problems[0].path == "0"
+    assert "subclasses SNU" in problems[0].why and "register_adapter" in problems[0].fix
+
+
+def test_linear_below_a_cell_with_own_weights_warns():
+    net = StackNet([8, 6], front=nn.Sequential(nn.Linear(8, 8, dtype=torch.float64)))
+    with snn_ostl.OSTL(net), pytest.warns(UserWarning, match=r"front\.0 runs before.*cells\.0"):
+        net(torch.rand(2, 8, dtype=torch.float64), [None])
