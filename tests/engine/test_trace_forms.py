@@ -147,3 +147,31 @@ def test_snu_analytic_derivatives_match_autograd(options):
             torch.testing.assert_close(
                 dense(analytic.params[name][k]), dense(generic.params[name][k])
             )
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_conv1d_presynaptic_against_oracle(fused):
+    torch.manual_seed(2)
+    net = nn.ModuleDict(
+        {
+            "syn": nn.Conv1d(2, 3, 3, padding=1, dtype=DT),
+            "lif": ToyLeaky(threshold=0.3, fused=fused),
+            "readout": nn.Linear(3 * 6, 2, dtype=DT),
+        }
+    )
+    x = torch.rand(10, 3, 2, 6, dtype=DT) * 1.5
+    target = torch.randn(10, 3, 2, dtype=DT)
+    rates: list = []
+
+    def run():
+        state = None
+        for t in range(10):
+            spk, state = net["lif"](net["syn"](x[t]), state)
+            rates.append(float(spk.mean()))
+            yield ((net["readout"](spk.flatten(1)) - target[t]) ** 2).sum()
+
+    grads, owners, order = ostl_gradients(net, run)
+    assert_spiking([sum(rates) / len(rates)])
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL
+    assert max(compare(grads, full_bptt(net, run)).values()) <= TOL
