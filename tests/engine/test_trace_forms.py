@@ -167,7 +167,7 @@ def test_conv1d_presynaptic_against_oracle(fused):
         state = None
         for t in range(10):
             spk, state = net["lif"](net["syn"](x[t]), state)
-            rates.append(float(spk.mean()))
+            rates.append(float(spk.detach().mean()))
             yield ((net["readout"](spk.flatten(1)) - target[t]) ** 2).sum()
 
     grads, owners, order = ostl_gradients(net, run)
