@@ -179,11 +179,11 @@ class Layer:
                         )
                     ]
                 )
-            weight = getattr(owner, wname)
+            weight = owner.get_parameter(wname)
             if weight.requires_grad:
                 form = "full-jacobian" if dense else "presynaptic" if factorised else "per-synapse"
                 groups.append(TraceGroup(spre + wname, weight, "weight", form, op, source))
-            bias = getattr(owner, bname) if bname else None
+            bias = owner.get_parameter(bname) if bname else None
             if bias is not None and bias.requires_grad:
                 form = "full-jacobian" if dense else "presynaptic" if factorised else "elementwise"
                 groups.append(TraceGroup(spre + bname, bias, "bias", form, op, source))
@@ -316,17 +316,25 @@ class Layer:
 
     # ------------------------------------------------------------------ trace updates
     def total_current(self, step: StepRecord) -> Tensor:
-        """a_t for cells with internal synapses (only the generic derivatives need it)."""
-        if self.synapse is not None or not self._internal():
+        """a_t: the external synapse's output plus every internal synapse's (generic path only)."""
+        internal = self._internal()
+        if not internal:
             return step.current
-        total = None
-        for s in self._internal():
+        total = step.current if self.synapse is not None else None
+        for s in internal:
             x = self._synapse_input(s.source, step)
-            a = F.linear(x, getattr(self.module, s.weight))
+            a = F.linear(x, self.module.get_parameter(s.weight).detach())
             if s.bias:
-                a = a + getattr(self.module, s.bias)
+                a = a + self.module.get_parameter(s.bias).detach()
             total = a if total is None else total + a
         return total
+
+    @property
+    def owns_input_weights(self) -> bool:
+        """Whether the module's input x_t meets weights inside the module (no external synapse)."""
+        if isinstance(self.adapter, DenseAdapter):
+            return True
+        return any(s.source == "input" for s in self._internal())
 
     def _synapse_input(self, source: str | int, step: StepRecord) -> Tensor:
         if source == "input":
@@ -367,7 +375,9 @@ class Layer:
                 if g.form == "presynaptic":
                     g.trace = T.update_presynaptic(d.state, d.current, old, x)
                 else:
-                    g.trace = T.update_per_synapse(d.state, d.current, old, x, g.take_buffers())
+                    g.trace = T.update_per_synapse(
+                        d.state, d.current, old, x, like[0].numel(), g.take_buffers()
+                    )
             elif g.role == "bias":
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
@@ -386,7 +396,7 @@ class Layer:
         for s in self._internal():
             if not isinstance(s.source, int):
                 continue
-            weight = getattr(self.module, s.weight).detach()
+            weight = self.module.get_parameter(s.weight).detach()
             for k, c in enumerate(d.current):
                 if c is None:
                     continue

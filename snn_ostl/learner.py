@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from snn_ostl.errors import (
     AlreadyAttachedError,
     DetachedLearnerError,
+    Problem,
     StateError,
     TraceBudgetError,
     UnsupportedModuleError,
@@ -98,6 +99,20 @@ class OSTL:
             )
         load_available()
         plan = plan_model(model, variant)
+        if learning_signal == "random":
+            for path, (module, adapter) in plan.layers.items():
+                if adapter.kind == "dense":
+                    plan.problems.append(
+                        Problem(
+                            path,
+                            type(module).__name__,
+                            "learning_signal='random' replaces a synapse's weights by a fixed "
+                            "matrix in the backward pass, but this cell's input weights live "
+                            "inside its step.",
+                            "use learning_signal='backprop' or 'direct' for this model, or feed "
+                            "the cell from an external Linear.",
+                        )
+                    )
         if plan.problems and strict:
             raise UnsupportedModuleError(plan.problems, supported_names())
         self.model = model
@@ -248,20 +263,30 @@ class OSTL:
 
     def _make_pre(self, layer: Layer):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
+            adapter = layer.adapter
+            stack = contextlib.ExitStack()
+            # Entered in every grad mode: besides cutting gradient paths, an adapter may use it
+            # to keep the framework's forward consistent (e.g. spikes in the input's dtype).
+            stack.enter_context(adapter.variant_forward(module, self.variant))
+            layer.variant_ctx = stack
             if not torch.is_grad_enabled():
                 layer.step = None
                 return None
-            adapter = layer.adapter
-            current = adapter.current(module, args, kwargs)
-            prev = adapter.read_state(module, args, kwargs)
+            try:
+                current = adapter.current(module, args, kwargs)
+                prev = adapter.read_state(module, args, kwargs)
+            except StateError as err:
+                raise StateError(
+                    f"{layer.path or '<root>'} ({type(module).__name__}): {err}"
+                ) from err
             if prev is None:
                 # The module starts from its zero state: a new sequence, so the traces restart
                 # too (otherwise a forgotten learner.reset() would mix two sequences silently).
                 layer.reset()
                 prev = adapter.initial_state(module, current)
             inputs: dict[str | int, Tensor] = {}
-            has_internal = bool(getattr(adapter, "internal_synapses", lambda m: [])(module))
-            found = None if has_internal else self._find_synapse(current)
+            owns_input = layer.owns_input_weights
+            found = None if owns_input else self._find_synapse(current)
             if not layer.bound:
                 self._bind(layer, found)
             elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):
@@ -276,11 +301,8 @@ class OSTL:
             self._note(layer.path)
             state = layer.before_step(tuple(prev), current, inputs)
             self._track_pending(layer)
-            stack = contextlib.ExitStack()
-            stack.enter_context(adapter.variant_forward(module, self.variant))
-            if has_internal and current.requires_grad and self.learning_signal != "backprop":
+            if owns_input and current.requires_grad and self.learning_signal != "backprop":
                 args, kwargs = self._internal_feedback(layer, args, kwargs, current, stack)
-            layer.variant_ctx = stack
             return adapter.write_state(module, args, kwargs, state)
 
         return hook

@@ -128,14 +128,13 @@ def oracle_gradients(
 
     for pos in sorted({position(n) for n in names}):
         above = [m for path, m in stateful.items() if order[path] > pos]
-        own = [
-            stateful[p] for p in {owners[n] for n in names if position(n) == pos and n in owners}
-        ]
         _zero(model)
         _reset_all(model)
         with contextlib.ExitStack() as stack:
             stack.enter_context(_detached_states(above))
-            for m in own:
+            # every stateful module runs its variant's forward (gradient cuts only matter for the
+            # measured layer: parameters of a layer never reach the layers below it)
+            for m in stateful.values():
                 stack.enter_context(adapter_for(m).variant_forward(m, variant))
             torch.stack(list(run())).sum().backward()
         params = dict(model.named_parameters())

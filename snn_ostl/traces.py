@@ -169,6 +169,7 @@ def update_per_synapse(
     current: Sequence[Partial],
     e: Traces,
     x: Tensor,
+    neurons: int,
     out: Sequence[Tensor] | None = None,
 ) -> Traces:
     """``e^k_t[n,b,i] = Σ_j J[k][j][b,n] e^j_{t-1}[n,b,i] + c^k[b,n] x[b,i]`` (Linear synapse).
@@ -181,6 +182,7 @@ def update_per_synapse(
         current: S partials ``∂s^k/∂a`` broadcastable to ``[B, N]``.
         e: S traces ``[N, B, I]`` or None.
         x: Synapse input ``[B, I]``.
+        neurons: N, the number of neurons.
         out: Optional S buffers ``[N, B, I]`` to write into (recycled old traces).
     """
     batch, width = x.shape

@@ -1,0 +1,302 @@
+"""``snn-ostl bench``: OSTL against BPTT, time per step and peak memory, in one run.
+
+Every (network, method, T) cell runs in a fresh child process so that its peak resident memory
+(``ru_maxrss``, what the operating system saw) belongs to it alone; the table prints ratios
+against BPTT measured in the same run. The networks are the paper's 784-256-256-10 MNIST net
+built three ways: snnTorch ``Leaky`` (factorised, fused presynaptic traces), Norse ``LIFCell``
+(per-synapse traces: Norse's reset is a differentiable gate) and the native SNU.
+
+``--check`` runs a small configuration and fails when the ratios regress past generous
+bounds: a regression check on ratios, never on absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+__all__ = ["NETWORKS", "main", "measure"]
+
+NETWORKS = {
+    "snntorch-leaky": "snnTorch Leaky (presynaptic, fused)",
+    "norse-lif": "Norse LIFCell (per-synapse)",
+    "native-snu": "snn_ostl SNU (per-synapse)",
+}
+
+
+@dataclass
+class Cell:
+    """One measurement."""
+
+    network: str
+    method: str
+    steps: int
+    ms_per_step: float | None
+    peak_mib: float | None
+    note: str = ""
+
+
+def _build(network: str, sizes: tuple[int, ...]):
+    """Model and a ``step(model, x_t, state) -> (output, state)`` function."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    if network == "snntorch-leaky":
+        import snntorch as snn
+
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Linear(a, b), snn.Leaky(beta=0.9, init_hidden=True)]
+        layers.append(nn.Linear(sizes[-2], sizes[-1]))
+        model = nn.Sequential(*layers)
+
+        def step(m, x, state):
+            return m(x), None
+
+        def reset(m):
+            for layer in m:
+                if isinstance(layer, snn.Leaky):
+                    layer.reset_mem()
+
+        return model, step, reset
+    if network == "norse-lif":
+        import norse.torch as norse
+
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Linear(a, b), norse.LIFCell()]
+        layers.append(nn.Linear(sizes[-2], sizes[-1]))
+        model = norse.SequentialState(*layers)
+        return model, (lambda m, x, state: m(x, state)), (lambda m: None)
+    if network == "native-snu":
+        import snn_ostl
+
+        class SNUNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.cells = nn.ModuleList(
+                    snn_ostl.SNU(a, b, threshold=0.5) for a, b in itertools.pairwise(sizes)
+                )
+                self.readout = nn.Linear(sizes[-2], sizes[-1])
+
+            def forward(self, x, states):
+                states = states or [None] * len(self.cells)
+                new = []
+                for cell, s in zip(self.cells, states):
+                    x, s = cell(x, s)
+                    new.append(s)
+                return self.readout(x), new
+
+        return SNUNet(), (lambda m, x, state: m(x, state)), (lambda m: None)
+    raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
+
+
+def measure(network: str, method: str, steps: int, batch: int, device: str, sizes) -> dict:
+    """Run one cell in this process; returns ms per step and peak memory."""
+    import torch
+    from torch import nn
+
+    import snn_ostl
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model, step, reset = _build(network, tuple(sizes))
+    model.to(device)
+    gen = torch.Generator().manual_seed(1)
+    rate = torch.full((batch, sizes[0]), 0.2)
+    targets = torch.randint(0, sizes[-1], (steps, batch), generator=gen).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def inputs(t: int):
+        return torch.bernoulli(rate, generator=gen).to(device)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run_ostl(n: int) -> float:
+        with snn_ostl.OSTL(model) as learner:
+            learner.reset()
+            reset(model)
+            state = None
+            sync()
+            start = time.perf_counter()
+            for t in range(n):
+                out, state = step(model, inputs(t), state)
+                loss_fn(out, targets[t]).backward()
+            sync()
+            return time.perf_counter() - start
+
+    def run_bptt(n: int) -> float:
+        reset(model)
+        state, total = None, 0.0
+        sync()
+        start = time.perf_counter()
+        for t in range(n):
+            out, state = step(model, inputs(t), state)
+            total = total + loss_fn(out, targets[t])
+        total.backward()
+        sync()
+        return time.perf_counter() - start
+
+    run = run_ostl if method == "ostl" else run_bptt
+    run(min(steps, 5))  # warm-up: allocator, thread pools, lazy init
+    model.zero_grad(set_to_none=True)
+    elapsed = run(steps)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    return {"ms_per_step": 1e3 * elapsed / steps, "peak_mib": peak}
+
+
+def _child(network, method, steps, batch, device, sizes, timeout) -> Cell:
+    cmd = [sys.executable, "-m", "snn_ostl.bench", "--child", network, method, str(steps),
+           str(batch), device, ",".join(map(str, sizes))]  # fmt: skip
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return Cell(network, method, steps, None, None, f"skipped: over {timeout}s")
+    if out.returncode != 0:
+        reason = "out of memory" if out.returncode in (-9, 137) else out.stderr.strip()[-200:]
+        return Cell(network, method, steps, None, None, f"failed: {reason}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return Cell(network, method, steps, data["ms_per_step"], data["peak_mib"])
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render(cells: list[Cell]) -> str:
+    """The benchmark table, with OSTL/BPTT ratios and OSTL's memory growth over T."""
+    rows = []
+    header = ("network", "T", "BPTT ms/step", "OSTL ms/step", "time ratio",
+              "BPTT peak MiB", "OSTL peak MiB", "OSTL mem / mem at min T", "note")  # fmt: skip
+    by = {(c.network, c.method, c.steps): c for c in cells}
+    for network in dict.fromkeys(c.network for c in cells):
+        steps_list = sorted({c.steps for c in cells if c.network == network})
+        base = by.get((network, "ostl", steps_list[0]))
+        for steps in steps_list:
+            b, o = by.get((network, "bptt", steps)), by.get((network, "ostl", steps))
+            ratio = (
+                o.ms_per_step / b.ms_per_step
+                if b and o and b.ms_per_step and o.ms_per_step
+                else None
+            )
+            growth = (
+                o.peak_mib / base.peak_mib if o and base and o.peak_mib and base.peak_mib else None
+            )
+            note = "; ".join(x for x in (b.note if b else "", o.note if o else "") if x)
+            rows.append((network, str(steps), _fmt(b and b.ms_per_step, ".2f"),
+                         _fmt(o and o.ms_per_step, ".2f"), _fmt(ratio, ".2f"),
+                         _fmt(b and b.peak_mib, ".0f"), _fmt(o and o.peak_mib, ".0f"),
+                         _fmt(growth, ".3f"), note))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("-" * len(lines[0]))
+    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="snn-ostl bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--networks", default=",".join(NETWORKS),
+                   help=f"comma-separated, from: {', '.join(NETWORKS)}")  # fmt: skip
+    p.add_argument("--steps", default="20,200,2000", help="sequence lengths T, comma-separated")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--sizes", default="784,256,256,10", help="layer sizes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per cell before skipping")
+    p.add_argument("--bptt-max-steps", type=int, default=2000,
+                   help="skip BPTT above this T (it stores the whole sequence)")  # fmt: skip
+    p.add_argument("--out", default=None, help="write the table and a JSON file here")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="small regression check on ratios; exits 1 when a bound is exceeded",
+    )
+    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+CHECK_BOUNDS = {"snntorch-leaky": 1.3, "norse-lif": 4.0, "native-snu": 4.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``snn-ostl bench``."""
+    args = _parse(argv)
+    if args.child:
+        network, method, steps, batch, device, sizes = args.child
+        result = measure(network, method, int(steps), int(batch), device,
+                         [int(s) for s in sizes.split(",")])  # fmt: skip
+        print(json.dumps(result))
+        return 0
+    networks = [n for n in args.networks.split(",") if n]
+    for n in networks:
+        if n not in NETWORKS:
+            print(f"snn-ostl bench: --networks: unknown {n!r}; choose from {', '.join(NETWORKS)}")
+            return 2
+    steps_list = [int(s) for s in args.steps.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    batch = args.batch
+    if args.check:
+        steps_list, batch, sizes = [10, 100], 32, [196, 64, 64, 10]
+    from tqdm import tqdm
+
+    jobs = [(n, m, t) for n in networks for t in steps_list for m in ("bptt", "ostl")]
+    cells = []
+    for network, method, steps in tqdm(jobs, desc="bench", unit="cell", file=sys.stderr):
+        if method == "bptt" and steps > args.bptt_max_steps:
+            cells.append(Cell(network, method, steps, None, None, "BPTT skipped (memory)"))
+            continue
+        cells.append(_child(network, method, steps, batch, args.device, sizes, args.timeout))
+    table = render(cells)
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    head = (
+        f"snn-ostl bench: batch {batch}, sizes {'-'.join(map(str, sizes))}, device "
+        f"{args.device}, {os.cpu_count()} cores, {cpu}"
+    )
+    print(head)
+    print(table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench.txt"), "w") as f:
+            f.write(head + "\n" + table + "\n")
+        with open(os.path.join(args.out, "bench.json"), "w") as f:
+            json.dump([c.__dict__ for c in cells], f, indent=1)
+    if args.check:
+        return _check(cells)
+    return 0
+
+
+def _check(cells: list[Cell]) -> int:
+    failures = []
+    by = {(c.network, c.method, c.steps): c for c in cells}
+    for network, bound in CHECK_BOUNDS.items():
+        o, b = by.get((network, "ostl", 100)), by.get((network, "bptt", 100))
+        short = by.get((network, "ostl", 10))
+        if not (o and b and short) or None in (o.ms_per_step, b.ms_per_step):
+            continue
+        ratio = o.ms_per_step / b.ms_per_step
+        if ratio > bound:
+            failures.append(f"{network}: OSTL/BPTT time ratio {ratio:.2f} > {bound}")
+        growth = o.peak_mib / short.peak_mib
+        if growth > 1.1:
+            failures.append(f"{network}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
+    for f in failures:
+        print("bench check FAILED:", f)
+    if not failures:
+        print("bench check passed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""
+Norse integration
+=================
+
+Norse cells are called once per time step with an explicit state, ``z, s = cell(x, s)``, and
+``norse.torch.SequentialState`` chains them with ordinary modules, threading every cell's state
+through. That is already the shape online learning needs: attach a learner, backpropagate each
+step's loss as it comes.
+
+The network here: a Linear synapse, a layer of ``LIFCell`` spiking neurons, a second Linear
+synapse and an ``LICell`` leaky integrator whose voltage is the output.
+"""
+
+import norse.torch as norse
+import torch
+from torch import nn
+
+import snn_ostl
+from snn_ostl import testing
+from snn_ostl.data import load_digits
+
+torch.manual_seed(0)
+STEPS, BATCH, HIDDEN = 20, 64, 100
+
+
+def make_model(dtype=torch.float32):
+    return norse.SequentialState(
+        nn.Linear(64, HIDDEN),
+        norse.LIFCell(),
+        nn.Linear(HIDDEN, 10),
+        norse.LICell(),
+    ).to(dtype)
+
+
+# %%
+# Attaching the learner
+# ---------------------
+#
+# The learner finds the two cells, and the Linear module called right before each one becomes
+# that cell's synapse. The trace forms differ: Norse's LIF reset is a differentiable gate on the
+# neuron's own spike, so the Jacobian changes from neuron to neuron and the first synapse needs
+# *per-synapse* traces; the leaky integrator has no reset and one decay for all, so the second
+# synapse gets cheap *presynaptic* traces.
+
+model = make_model()
+learner = snn_ostl.OSTL(model)
+learner.reset()
+x = (torch.rand(STEPS, 8, 64) < 0.3).float()
+state = None
+for t in range(STEPS):
+    out, state = model(x[t], state)
+print(learner.summary())
+learner.detach()
+
+# %%
+# Exactness check in float64
+# --------------------------
+#
+# Norse works in float64, so we can see OSTL's gradient to rounding error. The ``LICell`` has
+# memory, so it is a stateful layer *above* the LIF layer: the LIF layer's gradient is not full
+# BPTT's but the oracle's (BPTT with the states of the layers above detached at every step).
+# The readout's own synapse has nothing stateful above it, so it equals BPTT.
+
+model64 = make_model(torch.float64)
+x64 = (torch.rand(STEPS, 8, 64) < 0.4).double() * 4.0
+targets = torch.randint(10, (8,))
+loss_fn = nn.CrossEntropyLoss()
+
+
+def run():
+    state = None
+    for t in range(STEPS):
+        out, state = model64(x64[t], state)
+        yield loss_fn(out, targets)
+
+
+# The LIF neurons must spike, or the comparison says nothing: run the first two modules alone.
+with torch.no_grad():
+    lif_state, rate = None, 0.0
+    for t in range(STEPS):
+        z, lif_state = model64[1](model64[0](x64[t]), lif_state)
+        rate += float(z.mean()) / STEPS
+print(f"LIF spike rate: {rate:.2f} spikes per neuron and step")
+
+grads, owners, order = testing.ostl_gradients(model64, run)
+oracle = testing.oracle_gradients(model64, run, owners, order)
+model64.zero_grad()
+torch.stack(list(run())).sum().backward()
+bptt = {name: p.grad.clone() for name, p in model64.named_parameters()}
+model64.zero_grad()
+
+to_oracle, to_bptt = testing.compare(grads, oracle), testing.compare(grads, bptt)
+print(f"{'parameter':10s} {'vs oracle':>10s} {'vs BPTT':>10s}")
+for name in grads:
+    print(f"{name:10s} {to_oracle[name]:10.1e} {to_bptt[name]:10.1e}")
+
+# %%
+# Training
+# --------
+#
+# A short run on scikit-learn's 8x8 digits, rate-coded into spike trains. The loss is the
+# cross-entropy of the integrator's voltage at every step, backpropagated at every step; the
+# optimizer steps once per batch. The prediction is the class with the largest voltage at the
+# last step.
+
+data = load_digits()
+model = make_model()
+optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+learner = snn_ostl.OSTL(model)
+
+
+def batches(x_all, y_all, shuffle=True):
+    order = torch.randperm(len(x_all)) if shuffle else torch.arange(len(x_all))
+    for k in range(0, len(x_all), BATCH):
+        idx = order[k : k + BATCH]
+        yield (torch.rand(STEPS, len(idx), 64) < x_all[idx]).float(), y_all[idx]
+
+
+def accuracy():
+    correct = 0
+    with torch.no_grad():
+        for x, labels in batches(data.x_test, data.y_test, shuffle=False):
+            state = None
+            for t in range(STEPS):
+                out, state = model(x[t], state)
+            correct += int((out.argmax(1) == labels).sum())
+    return correct / len(data.x_test)
+
+
+for epoch in range(2):
+    for x, labels in batches(data.x_train, data.y_train):
+        learner.reset()
+        state = None
+        for t in range(STEPS):
+            out, state = model(x[t], state)
+            loss_fn(out, labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    print(f"epoch {epoch + 1}: test accuracy {accuracy():.1%}")
+learner.detach()
+
+# %%
+# Norse specifics worth knowing
+# -----------------------------
+#
+# - Norse's neuron parameters (time constants, threshold) live in named tuples such as
+#   ``LIFParameters``, not in ``nn.Parameter`` attributes, so by default only the synapses are
+#   trained. Putting an ``nn.Parameter`` into a field of the tuple makes the learner train it
+#   too; Norse does not register it on the module, so pass it to the optimizer yourself.
+# - The sequence modules (``norse.torch.LIF`` and friends, which take a whole ``[T, B, ...]``
+#   tensor) are refused with the name of the cell to call per step instead: OSTL needs to see
+#   every step.
+# - Which Norse cells are supported, and with which trace form, is listed on the supported
+#   modules page, generated from the adapters.
