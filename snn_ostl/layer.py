@@ -51,6 +51,7 @@ class TraceGroup:
     source: str | int = "input"
     key: str = ""
     fused: bool = False
+    presynaptic: frozenset = frozenset()  # states kept as filtered inputs in per-synapse form
     trace: Any = field(default=None, repr=False)
     pool: list[Any] = field(default_factory=list, repr=False)
 
@@ -74,6 +75,13 @@ class TraceGroup:
         """Memory held by the current trace."""
         items = self.trace if isinstance(self.trace, list) else [self.trace]
         return sum(t.numel() * t.element_size() for t in items if isinstance(t, Tensor))
+
+
+def _scalar(p: Partial) -> Partial:
+    """A one-element tensor partial is a number: the same for every neuron."""
+    if isinstance(p, Tensor) and p.dim() == 0:
+        return float(p)
+    return p
 
 
 def _stack_partials(parts: Sequence[Partial], like: Tensor) -> Tensor:
@@ -345,6 +353,8 @@ class Layer:
         adapter = self.adapter
         assert isinstance(adapter, ElementwiseAdapter)
         d = adapter.derivatives(self.module, step, self.variant, lambda: self.total_current(step))
+        d.state = [[_scalar(p) for p in row] for row in d.state]
+        d.current = [_scalar(p) for p in d.current]
         if self.variant == "eprop":
             spikes = set(adapter.spike_states)
             d.state = [[None if j in spikes else p for j, p in enumerate(row)] for row in d.state]
@@ -375,8 +385,10 @@ class Layer:
                 if g.form == "presynaptic":
                     g.trace = T.update_presynaptic(d.state, d.current, old, x)
                 else:
+                    if g.trace is None:
+                        g.presynaptic = T.presynaptic_states(d.state, d.current)
                     g.trace = T.update_per_synapse(
-                        d.state, d.current, old, x, like[0].numel(), g.take_buffers()
+                        d.state, d.current, old, x, like[0].numel(), g.take_buffers(), g.presynaptic
                     )
             elif g.role == "bias":
                 old = g.trace or [None] * d.num_states
@@ -491,7 +503,7 @@ def _contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tens
     elif g.role == "weight" and g.form == "presynaptic":
         out = T.contract_presynaptic(g.op, grads, trace, g.param)
     elif g.role == "weight":
-        out = T.contract_per_synapse(grads, trace)
+        out = T.contract_per_synapse(grads, trace, g.presynaptic)
     elif g.role == "bias" and g.form == "presynaptic":
         out = None
         for gk, bk in zip(grads, trace):

@@ -34,6 +34,7 @@ __all__ = [
     "contract_presynaptic",
     "dense_from_elementwise",
     "mix",
+    "presynaptic_states",
     "update_dense",
     "update_elementwise",
     "update_per_synapse",
@@ -164,6 +165,28 @@ def _neuron_major(partial: Partial, batch: int, neurons: int) -> Partial:
     return partial.expand(batch, neurons).t().unsqueeze(-1)
 
 
+def presynaptic_states(jac: Sequence[Sequence[Partial]], current: Sequence[Partial]) -> frozenset:
+    """States whose synapse traces need no neuron index (SPEC §3, applied state by state).
+
+    A state k qualifies when its current partial and its Jacobian row are numbers and it depends
+    only on states that qualify too: then ``e^k[n, b, i] = x̄^k[b, i]`` for every neuron n. Norse's
+    synaptic current is such a state even though the membrane next to it is not.
+    """
+
+    def number(p: Partial) -> bool:
+        return p is None or isinstance(p, (int, float))
+
+    states = {k for k, row in enumerate(jac) if number(current[k]) and all(map(number, row))}
+    changed = True
+    while changed:
+        changed = False
+        for k in list(states):
+            if any(p is not None and j not in states for j, p in enumerate(jac[k])):
+                states.discard(k)
+                changed = True
+    return frozenset(states)
+
+
 def update_per_synapse(
     jac: Sequence[Sequence[Partial]],
     current: Sequence[Partial],
@@ -171,66 +194,86 @@ def update_per_synapse(
     x: Tensor,
     neurons: int,
     out: Sequence[Tensor] | None = None,
+    presynaptic: frozenset = frozenset(),
 ) -> Traces:
     """``e^k_t[n,b,i] = Σ_j J[k][j][b,n] e^j_{t-1}[n,b,i] + c^k[b,n] x[b,i]`` (Linear synapse).
 
     Traces are stored neuron-major, ``[N, B, I]``, so that the backward contraction is a single
-    batched matrix product over neurons with no copy.
+    batched matrix product over neurons with no copy. States listed in ``presynaptic`` (see
+    :func:`presynaptic_states`) keep an ``[B, I]`` filtered input instead; they enter the other
+    states as broadcast terms. Broadcast terms with the same coefficient are summed as vectors
+    first, so each distinct coefficient costs one pass over the trace.
 
     Args:
         jac: S x S partials broadcastable to ``[B, N]``.
         current: S partials ``∂s^k/∂a`` broadcastable to ``[B, N]``.
-        e: S traces ``[N, B, I]`` or None.
+        e: S traces (``[N, B, I]``, or ``[B, I]`` for presynaptic states) or None.
         x: Synapse input ``[B, I]``.
         neurons: N, the number of neurons.
-        out: Optional S buffers ``[N, B, I]`` to write into (recycled old traces).
+        out: Optional S buffers to write the per-synapse states into (recycled old traces).
+        presynaptic: Indices of states stored as filtered inputs.
     """
     batch, width = x.shape
-    neurons = next(
-        (t.shape[0] for t in e if t is not None),
-        next(
-            p.shape[-1] for p in (*current, *(q for r in jac for q in r)) if isinstance(p, Tensor)
-        ),
-    )
-    x_row = x.unsqueeze(0)
-    result: Traces = []
+    result: Traces = [None] * len(jac)
+    for k in presynaptic:
+        result[k] = update_presynaptic([jac[k]], [current[k]], list(e), x)[0]
     for k, row in enumerate(jac):
+        if k in presynaptic:
+            continue
         buf = None if out is None else out[k]
         acc: Tensor | None = None
-        terms = [(p, t) for p, t in zip(row, e) if p is not None and t is not None]
-        terms += [(current[k], x_row)] if current[k] is not None else []
-        for partial, trace in terms:
+        for j, (partial, trace) in enumerate(zip(row, e)):
+            if partial is None or trace is None or j in presynaptic:
+                continue
             scale = _neuron_major(partial, batch, neurons)
             if acc is None:
-                if trace is x_row:
-                    shape = (neurons, batch, width)
-                    target = buf if buf is not None else x.new_empty(shape)
-                    acc = torch.mul(
-                        torch.as_tensor(scale, dtype=x.dtype).expand(neurons, batch, 1)
-                        if not isinstance(scale, Tensor)
-                        else scale,
-                        x_row,
-                        out=target,
-                    )
-                elif buf is not None:
-                    acc = torch.mul(trace, scale, out=buf)
-                else:
-                    acc = trace * scale
+                acc = torch.mul(trace, scale, out=buf) if buf is not None else trace * scale
             elif isinstance(scale, Tensor):
                 acc.addcmul_(scale, trace)
             else:
                 acc.add_(trace, alpha=scale)
-        result.append(acc)
+        broadcast: list[tuple[Partial, Tensor]] = []
+        terms = [(row[j], e[j]) for j in presynaptic if row[j] is not None and e[j] is not None]
+        terms += [(current[k], x)] if current[k] is not None else []
+        for coef, vec in terms:
+            for m, (other, acc_vec) in enumerate(broadcast):
+                if other is coef or (not isinstance(coef, Tensor) and coef == other):
+                    broadcast[m] = (other, acc_vec + vec)
+                    break
+            else:
+                broadcast.append((coef, vec))
+        for coef, vec in broadcast:
+            scale = _neuron_major(coef, batch, neurons)
+            row_vec = vec.unsqueeze(0)  # [1, B, I]
+            if acc is None:
+                if not isinstance(scale, Tensor):
+                    scale = torch.full(
+                        (neurons, batch, 1), float(scale), dtype=x.dtype, device=x.device
+                    )
+                target = buf if buf is not None else x.new_empty(neurons, batch, width)
+                acc = torch.mul(scale, row_vec, out=target)
+            elif isinstance(scale, Tensor):
+                acc.addcmul_(scale, row_vec)
+            else:
+                acc.add_(row_vec, alpha=scale)
+        result[k] = acc
     return result
 
 
-def contract_per_synapse(grads: Sequence[Tensor | None], e: Traces) -> Tensor | None:
+def contract_per_synapse(
+    grads: Sequence[Tensor | None], e: Traces, presynaptic: frozenset = frozenset()
+) -> Tensor | None:
     """``Σ_{k,b} ĝ^k[b,n] e^k[n,b,i]`` -> weight gradient ``[N, I]`` (one bmm per state)."""
     out = None
-    for g, tr in zip(grads, e):
-        if g is not None and tr is not None:
-            term = torch.bmm(g.reshape(g.shape[0], -1).t().unsqueeze(1), tr).squeeze(1)
-            out = _add(out, term)
+    for k, (g, tr) in enumerate(zip(grads, e)):
+        if g is None or tr is None:
+            continue
+        flat = g.reshape(g.shape[0], -1)
+        if k in presynaptic:
+            term = flat.t() @ tr
+        else:
+            term = torch.bmm(flat.t().unsqueeze(1), tr).squeeze(1)
+        out = _add(out, term)
     return out
 
 

@@ -175,3 +175,40 @@ def test_conv1d_presynaptic_against_oracle(fused):
     reference = oracle_gradients(net, run, owners, order)
     assert max(compare(grads, reference).values()) <= TOL
     assert max(compare(grads, full_bptt(net, run)).values()) <= TOL
+
+
+def test_mixed_per_synapse_form_against_oracle():
+    """A constant-partial state keeps a [B, I] trace next to a per-synapse [N, B, I] one."""
+    from toy_cells import ToySynaptic
+
+    torch.manual_seed(3)
+    net = nn.ModuleDict(
+        {
+            "fc1": nn.Linear(8, 6, dtype=DT),
+            "syn1": ToySynaptic(),
+            "fc2": nn.Linear(6, 5, dtype=DT),
+            "syn2": ToySynaptic(threshold=0.3),
+            "readout": nn.Linear(5, 2, dtype=DT),
+        }
+    )
+    x = torch.rand(10, 3, 8, dtype=DT)
+    target = torch.randn(10, 3, 2, dtype=DT)
+    rates: list = []
+
+    def run():
+        s1 = s2 = None
+        for t in range(10):
+            y1, s1 = net["syn1"](net["fc1"](x[t]), s1)
+            y2, s2 = net["syn2"](net["fc2"](y1), s2)
+            rates.append([float(y1.detach().mean()), float(y2.detach().mean())])
+            yield ((net["readout"](y2) - target[t]) ** 2).sum()
+
+    with snn_ostl.OSTL(net) as learner:
+        net["syn1"](net["fc1"](x[0]))
+        group = next(g for g in learner.layers["syn1"].groups if g.name == "fc1.weight")
+        assert group.form == "per-synapse" and group.presynaptic == {0}
+        assert [tuple(t.shape) for t in group.trace] == [(3, 8), (6, 3, 8)]
+    grads, owners, order = ostl_gradients(net, run)
+    assert_spiking(torch.tensor(rates).mean(0).tolist())
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from snn_ostl.adapter import ElementwiseAdapter
+from snn_ostl.derivatives import ElementwiseDerivatives
 from snn_ostl.registry import register_adapter
 from snn_ostl.surrogate import spike
 
@@ -75,3 +76,49 @@ class ToyLeakyAdapter(ElementwiseAdapter):
             # the partials are the constants beta and 1: say so, so traces factorise
             d.state, d.current = [[module.beta]], [1.0]
         return d
+
+
+class ToySynaptic(nn.Module):
+    """i_t = 0.7 i + a; s_t = 0.8 s (1 - gate(s)) + i_t; y = spike(s - thr); state (i, s).
+
+    The synaptic current has constant partials (presynaptic trace) while the membrane's reset
+    gate is differentiable (per-synapse trace): the mixed per-synapse form.
+    """
+
+    def __init__(self, threshold: float = 0.4):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, a: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        i, s = (torch.zeros_like(a), torch.zeros_like(a)) if state is None else state
+        i_new = 0.7 * i + a
+        s_new = 0.8 * s * (1.0 - spike(s - self.threshold)) + i_new
+        return spike(s_new - self.threshold), (i_new, s_new)
+
+
+@register_adapter(ToySynaptic, examples={"toy": lambda: ToySynaptic()})
+class ToySynapticAdapter(ToyLeakyAdapter):
+    state_names = ("i", "s")
+
+    def initial_state(self, module, current):
+        return (torch.zeros_like(current), torch.zeros_like(current))
+
+    def neuron_parameters(self, module):
+        return {}
+
+    def factorised(self, module, variant):
+        return False
+
+    def cell(self, module, current, state, params):
+        i, s = state
+        i_new = 0.7 * i + current
+        return i_new, 0.8 * s * (1.0 - spike(s - module.threshold)) + i_new
+
+    def derivatives(self, module, step, variant, current):
+        _, s = step.prev
+        x = s - module.threshold
+        gate = spike(x).detach()
+        slope = 1.0 / (1.0 + 5.0 * x.abs()) ** 2
+        j_ss = 0.8 * (1.0 - gate) - 0.8 * s * slope
+        # numbers where the partial is the same for every neuron: i's trace factorises
+        return ElementwiseDerivatives([[0.7, None], [0.7, j_ss]], [1.0, 1.0], {})
