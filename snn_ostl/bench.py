@@ -53,7 +53,7 @@ def _build(network: str, sizes: tuple[int, ...]):
     if network == "snntorch-leaky":
         import snntorch as snn
 
-        for a, b in itertools.pairwise(sizes):
+        for a, b in itertools.pairwise(sizes[:-1]):
             layers += [nn.Linear(a, b), snn.Leaky(beta=0.9, init_hidden=True)]
         layers.append(nn.Linear(sizes[-2], sizes[-1]))
         model = nn.Sequential(*layers)
@@ -70,7 +70,7 @@ def _build(network: str, sizes: tuple[int, ...]):
     if network == "norse-lif":
         import norse.torch as norse
 
-        for a, b in itertools.pairwise(sizes):
+        for a, b in itertools.pairwise(sizes[:-1]):
             layers += [nn.Linear(a, b), norse.LIFCell()]
         layers.append(nn.Linear(sizes[-2], sizes[-1]))
         model = norse.SequentialState(*layers)
@@ -82,7 +82,7 @@ def _build(network: str, sizes: tuple[int, ...]):
             def __init__(self):
                 super().__init__()
                 self.cells = nn.ModuleList(
-                    snn_ostl.SNU(a, b, threshold=0.5) for a, b in itertools.pairwise(sizes)
+                    snn_ostl.SNU(a, b, threshold=0.5) for a, b in itertools.pairwise(sizes[:-1])
                 )
                 self.readout = nn.Linear(sizes[-2], sizes[-1])
 
