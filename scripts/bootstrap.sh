@@ -13,7 +13,11 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+# The machines' pip configuration lists local indexes that may be empty; pip warns once per
+# package about each, which buries real errors. Drop only those lines.
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location '" >&2)
+}
 pip install "torch==2.13.0"
 pip install --no-deps "snntorch==1.0.0" "norse==1.1.0"
 pip install -c constraints.txt -e ".[frameworks,test,tasks,docs]"

@@ -13,7 +13,7 @@ def test_readme_quickstart_runs(capsys):
     block = re.search(r"<!-- quickstart.*?-->\s*```python\n(.*?)```", text, re.S)
     assert block, "README lost its quickstart block"
     code = block.group(1)
-    assert len(code.strip().splitlines()) <= 14
+    assert len(code.strip().splitlines()) <= 13
     exec(compile(code, str(README), "exec"), {})
     out = capsys.readouterr().out
     assert "presynaptic" in out  # snnTorch Leaky with defaults gets presynaptic traces
