@@ -1,0 +1,147 @@
+"""What a task is: its data, its model, its objective and its two configurations.
+
+A task subclasses :class:`Task` and fills in :meth:`Task.load` and :meth:`Task.build`. Its
+``defaults`` configure a real run; ``tiny`` overrides them for runs of a few seconds (the
+tests, ``--tiny`` on the command line). Every random choice (the split, the shuffle, the spike
+encoding, the initial weights) follows from the seed, so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from snn_ostl.tasks.models import StepNet
+from snn_ostl.training import Objective, SeqBatch
+
+__all__ = ["Availability", "Task", "TaskData", "generator", "have_module"]
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a task's data can be read on this machine.
+
+    Attributes:
+        ok: The data are there.
+        where: Where the data come from (or would come from).
+    """
+
+    ok: bool
+    where: str
+
+
+@dataclass
+class TaskData:
+    """A task's data, ready for the loops.
+
+    Attributes:
+        train: ``epoch -> batches``: a fresh, seeded pass over the training set.
+        test: ``() -> batches``: the evaluation set, the same at every call.
+        train_batches: Number of batches per epoch (for progress bars).
+        inputs: Input features per step.
+        outputs: Readout size.
+        source: Where the data came from, in words.
+    """
+
+    train: Callable[[int], Iterator[SeqBatch]]
+    test: Callable[[], Iterator[SeqBatch]]
+    train_batches: int
+    inputs: int
+    outputs: int
+    source: str
+
+
+def generator(seed: int, *salt: int) -> torch.Generator:
+    """A torch generator seeded from ``seed`` and optional integers (epoch, purpose)."""
+    value = seed
+    for s in salt:
+        value = value * 1_000_003 + s + 1
+    return torch.Generator().manual_seed(value % 2**63)
+
+
+def have_module(name: str) -> bool:
+    """Whether ``name`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class Task:
+    """Base class of the tasks.
+
+    Class attributes:
+        name: Registry name.
+        summary: One line for ``snn-ostl tasks``.
+        cells: Cells (see :data:`snn_ostl.tasks.models.CELLS`) by framework; the first entry of
+            each list is the framework's default.
+        default_framework: Framework used when none is given.
+        baselines: Learners ``compare`` trains beside the OSTL variant.
+        defaults: The configuration of a real run.
+        tiny: Overrides of ``defaults`` for runs of a few seconds.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    cells: ClassVar[dict[str, tuple[str, ...]]] = {"native": ("snu",)}
+    default_framework: ClassVar[str] = "native"
+    baselines: ClassVar[tuple[str, ...]] = ("bptt",)
+    defaults: ClassVar[dict[str, Any]] = {}
+    tiny: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self) -> None:
+        self.objective: Objective = self.make_objective()
+
+    # ------------------------------------------------------------ to fill in
+    def make_objective(self) -> Objective:
+        """The task's loss and metrics."""
+        raise NotImplementedError
+
+    def availability(self) -> Availability:
+        """Whether the data can be read here and where they come from."""
+        return Availability(True, "synthetic")
+
+    def load(self, config: dict[str, Any], seed: int) -> TaskData:
+        """Load (or generate) the data.
+
+        Raises:
+            snn_ostl.data.DataUnavailableError: The data are not on this machine.
+            ImportError: An optional package the data need is missing.
+        """
+        raise NotImplementedError
+
+    def build(self, config: dict[str, Any], data: TaskData, cell: str) -> nn.Module:
+        """The step model (called after ``torch.manual_seed(seed)``)."""
+        options = dict(config.get("cell_options", {}).get(cell, {}))
+        sizes = [data.inputs, *config["hidden"]]
+        return StepNet(sizes, data.outputs, cell=cell, options=options)
+
+    # ------------------------------------------------------------ shared
+    def config(self, *, tiny: bool = False, **overrides: Any) -> dict[str, Any]:
+        """The configuration: defaults, then the tiny overrides, then non-None ``overrides``."""
+        out = dict(self.defaults)
+        if tiny:
+            out.update(self.tiny)
+        out.update({k: v for k, v in overrides.items() if v is not None})
+        return out
+
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        """Frameworks the task's models can be built with."""
+        return tuple(self.cells)
+
+    def all_cells(self) -> tuple[str, ...]:
+        """Every cell the task accepts."""
+        return tuple(c for cells in self.cells.values() for c in cells)
+
+    def optimizer(self, model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
+        """Adam or plain SGD, as the configuration says."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if config.get("optimizer", "adam") == "sgd":
+            return torch.optim.SGD(params, lr=config["lr"])
+        return torch.optim.Adam(params, lr=config["lr"])
