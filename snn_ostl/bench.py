@@ -98,8 +98,10 @@ def _build(network: str, sizes: tuple[int, ...]):
     raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
 
 
-def measure(network: str, method: str, steps: int, batch: int, device: str, sizes) -> dict:
-    """Run one cell in this process; returns ms per step and peak memory."""
+def measure(
+    network: str, method: str, steps: int, batch: int, device: str, sizes, repeats: int = 3
+) -> dict:
+    """Run one cell in this process; returns ms per step (best of ``repeats``) and peak memory."""
     import torch
     from torch import nn
 
@@ -146,9 +148,12 @@ def measure(network: str, method: str, steps: int, batch: int, device: str, size
         return time.perf_counter() - start
 
     run = run_ostl if method == "ostl" else run_bptt
-    run(min(steps, 5))  # warm-up: allocator, thread pools, lazy init
-    model.zero_grad(set_to_none=True)
-    elapsed = run(steps)
+    run(min(steps, 10))  # warm-up: allocator, thread pools, lazy init
+    # The best of a few runs: the least disturbed by whatever else the machine does.
+    elapsed = float("inf")
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        elapsed = min(elapsed, run(steps))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -156,8 +161,9 @@ def measure(network: str, method: str, steps: int, batch: int, device: str, size
 
 
 def _child(network, method, steps, batch, device, sizes, timeout) -> Cell:
+    repeats = 3 if steps <= 500 else 1
     cmd = [sys.executable, "-m", "snn_ostl.bench", "--child", network, method, str(steps),
-           str(batch), device, ",".join(map(str, sizes))]  # fmt: skip
+           str(batch), device, ",".join(map(str, sizes)), str(repeats)]  # fmt: skip
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -221,7 +227,7 @@ def _parse(argv):
         action="store_true",
         help="small regression check on ratios; exits 1 when a bound is exceeded",
     )
-    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -232,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``snn-ostl bench``."""
     args = _parse(argv)
     if args.child:
-        network, method, steps, batch, device, sizes = args.child
+        network, method, steps, batch, device, sizes, repeats = args.child
         result = measure(network, method, int(steps), int(batch), device,
-                         [int(s) for s in sizes.split(",")])  # fmt: skip
+                         [int(s) for s in sizes.split(",")], int(repeats))  # fmt: skip
         print(json.dumps(result))
         return 0
     networks = [n for n in args.networks.split(",") if n]

@@ -120,6 +120,9 @@ class Layer:
         self.device: torch.device | None = None
         self.has_traces = False
         self.pending_bytes = 0
+        self._live: dict[weakref.ref, tuple[list[Any], int]] = {}
+        self._params: list[nn.Parameter] = []
+        self._owns_input: bool | None = None
         self.step: StepRecord | None = None
         self.inputs: dict[str | int, Tensor] = {}
 
@@ -148,6 +151,7 @@ class Layer:
             for name, p in adapter.trained_parameters(self.module).items():
                 groups.append(TraceGroup(prefix + name, p, "cell", "full-jacobian", key=name))
             self.groups = [g for g in groups if g.param.requires_grad]
+            self._params = [g.param for g in self.groups]
             self.bound = True
             return
         assert isinstance(adapter, ElementwiseAdapter)
@@ -208,6 +212,7 @@ class Layer:
             for g in groups:
                 g.fused = g.role == "weight" and g.source == "input"
         self.groups = groups
+        self._params = [g.param for g in groups]
         self.bound = True
         self.decay: float | None = None  # J of a fused layer, known after its first step
 
@@ -291,8 +296,15 @@ class Layer:
         history = _History(list(self.groups), [g.trace for g in self.groups], spikes)
         size = history.nbytes()
         self.pending_bytes += size
-        weakref.finalize(history, self._recycle, history.snapshot, size)
-        return inject(history, prev, [g.param for g in self.groups])
+        # A plain weak reference with a callback (cheaper than weakref.finalize on a hot path);
+        # the set keeps the reference itself alive until autograd drops the step's graph.
+        ref = weakref.ref(history, self._on_release)
+        self._live[ref] = (history.snapshot, size)
+        return inject(history, prev, self._params)
+
+    def _on_release(self, ref: weakref.ref) -> None:
+        snapshot, size = self._live.pop(ref)
+        self._recycle(snapshot, size)
 
     def _recycle(self, snapshot: list[Any], size: int) -> None:
         """A step's graph is gone: its eligibility snapshot can be reused as an output buffer."""
@@ -340,9 +352,11 @@ class Layer:
     @property
     def owns_input_weights(self) -> bool:
         """Whether the module's input x_t meets weights inside the module (no external synapse)."""
-        if isinstance(self.adapter, DenseAdapter):
-            return True
-        return any(s.source == "input" for s in self._internal())
+        if self._owns_input is None:  # a property of the module's structure: ask once
+            self._owns_input = isinstance(self.adapter, DenseAdapter) or any(
+                s.source == "input" for s in self._internal()
+            )
+        return self._owns_input
 
     def _synapse_input(self, source: str | int, step: StepRecord) -> Tensor:
         if source == "input":
@@ -393,8 +407,8 @@ class Layer:
             elif g.role == "bias":
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
-                    one = torch.ones((), dtype=like.dtype, device=like.device)
-                    g.trace = T.update_presynaptic(d.state, d.current, old, one)
+                    # J and c are numbers here, so the bias trace is a number per state
+                    g.trace = T.update_presynaptic(d.state, d.current, old, 1.0)
                 else:
                     g.trace = T.update_elementwise(d.state, d.current, old, like)
             else:

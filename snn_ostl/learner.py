@@ -264,11 +264,11 @@ class OSTL:
     def _make_pre(self, layer: Layer):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             adapter = layer.adapter
-            stack = contextlib.ExitStack()
             # Entered in every grad mode: besides cutting gradient paths, an adapter may use it
             # to keep the framework's forward consistent (e.g. spikes in the input's dtype).
-            stack.enter_context(adapter.variant_forward(module, self.variant))
-            layer.variant_ctx = stack
+            ctx = adapter.variant_forward(module, self.variant)
+            ctx.__enter__()
+            layer.variant_ctx = ctx
             if not torch.is_grad_enabled():
                 layer.step = None
                 return None
@@ -302,7 +302,10 @@ class OSTL:
             state = layer.before_step(tuple(prev), current, inputs)
             self._track_pending(layer)
             if owns_input and current.requires_grad and self.learning_signal != "backprop":
+                stack = contextlib.ExitStack()
+                stack.push(layer.variant_ctx)
                 args, kwargs = self._internal_feedback(layer, args, kwargs, current, stack)
+                layer.variant_ctx = stack
             return adapter.write_state(module, args, kwargs, state)
 
         return hook

@@ -129,7 +129,7 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 
 # ----------------------------------------------------------------------------- presynaptic
 def update_presynaptic(
-    jac: Sequence[Sequence[Partial]], current: Sequence[Partial], xbar: Traces, x: Tensor
+    jac: Sequence[Sequence[Partial]], current: Sequence[Partial], xbar: Traces, x: Tensor | float
 ) -> Traces:
     """``x̄^k_t = Σ_j J[k][j] x̄^j_{t-1} + c^k x_t`` with numeric J and c.
 
@@ -137,7 +137,8 @@ def update_presynaptic(
         jac: S x S numbers (or None).
         current: S numbers ``∂s^k/∂a``.
         xbar: S filtered inputs shaped like x, or None.
-        x: The synapse input at step t, ``[B, *I]``. For a bias pass a ones tensor.
+        x: The synapse input at step t, ``[B, *I]``. For a bias pass ``1.0``: the trace then
+            stays a plain number per state.
     """
     mixed = mix(jac, xbar)
     return [

@@ -648,9 +648,10 @@ def test_conv_synapse_into_li_uses_presynaptic_traces():
         learner.reset()
         model(x[0])
         forms = {g.name: g.form for g in learner.layers["1"].groups}
-        shapes = {g.name: tuple(g.trace[0].shape) for g in learner.layers["1"].groups}
+        traces = {g.name: g.trace for g in learner.layers["1"].groups}
     assert forms == {"0.weight": "presynaptic", "0.bias": "presynaptic"}
-    assert shapes["0.weight"] == (B, 1, 4, 4)  # the filtered input, not per synapse
+    assert tuple(traces["0.weight"][0].shape) == (B, 1, 4, 4)  # the filtered input
+    assert all(isinstance(b, float) for b in traces["0.bias"])  # one number per state
 
 
 # ----------------------------------------------------------------------------- refusals
