@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint docs bench clean
+.PHONY: venv demo test lint docs bench bench-check clean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -23,6 +23,9 @@ docs: venv
 
 bench: venv
 	$(PY) -m snn_ostl bench
+
+bench-check: venv
+	$(PY) -m snn_ostl bench --check
 
 clean:
 	rm -rf docs/_build docs/auto_tutorials docs/generated runs

