@@ -236,6 +236,7 @@ class Layer:
             filtered = torch.add(x, previous, alpha=self.decay) if self.decay else x
         g.trace = [filtered]
         self.fused_ran = True
+        self._fused_x = x
         return filtered
 
     @property
@@ -246,6 +247,11 @@ class Layer:
     def reset(self) -> None:
         """Forget traces and the batch size (a new sequence starts)."""
         for g in self.groups:
+            if g.fused and getattr(self, "fused_ran", False) and g.trace:
+                # The synapse already ran this step and saved x̃_t for its backward, built on
+                # the old sequence: restart it in place, in the very tensor it saved.
+                g.trace[0].copy_(self._fused_x)
+                continue
             g.trace = None
             g.pool.clear()
         self.has_traces = False

@@ -16,8 +16,10 @@ OSTL gradient.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -42,6 +44,17 @@ LEARNING_SIGNALS = ("backprop", "random", "direct")
 
 # module -> learner, for every module of every attached model (weak: never keeps a model alive).
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, OSTL] = weakref.WeakKeyDictionary()
+
+
+def _detached(output: Any) -> Any:
+    """The output with every tensor detached (tuples, lists and named tuples kept)."""
+    if isinstance(output, Tensor):
+        return output.detach()
+    if isinstance(output, tuple) and hasattr(output, "_fields"):
+        return type(output)(*(_detached(o) for o in output))
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detached(o) for o in output)
+    return output
 
 
 def is_attached(model: nn.Module) -> bool:
@@ -175,6 +188,44 @@ class OSTL:
         self._recent.clear()
         self._fused.clear()
         self._attached = False
+
+    @contextlib.contextmanager
+    def backward_at(
+        self, module: nn.Module, loss_fn: Callable[[Any, int], Tensor | None]
+    ) -> Iterator[None]:
+        """Train a model whose ``forward`` loops over time itself, online, without editing it.
+
+        Inside the context, every call of ``module`` (once per time step inside the model's own
+        loop) computes ``loss_fn(output, t)`` and backpropagates it at once; the model's loop then
+        receives the output detached, so its stacked records hold no graph and memory does not
+        grow with the sequence length. ``.grad`` holds the OSTL gradient of the summed loss when
+        the model's ``forward`` returns.
+
+        Args:
+            module: The module whose output the loss reads, normally the last one of a step.
+            loss_fn: ``(output, t) -> loss`` for step ``t`` (0, 1, ... from entering the context),
+                or None for a step without a loss.
+
+        Example:
+            >>> with learner.backward_at(net.lif2, lambda out, t: F.cross_entropy(out[1], y)):
+            ...     spk_rec, mem_rec = net(x)  # net's own time loop; a backward at every step
+        """
+        self._check_attached()
+        steps = itertools.count()
+
+        def hook(mod: nn.Module, args: tuple, output: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return None
+            loss = loss_fn(output, next(steps))
+            if loss is not None:
+                loss.backward()
+            return _detached(output)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def __enter__(self) -> OSTL:
         return self

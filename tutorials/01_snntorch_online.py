@@ -98,7 +98,22 @@ print(learner.summary())
 #
 # In this style the gradients are OSTL's, but one backward pass still runs over the whole
 # sequence, so every step's graph stays in memory until the end, as with BPTT. To make memory
-# independent of the sequence length, the backward pass has to run at every step.
+# independent of the sequence length, the backward pass has to run at every step, and
+# ``learner.backward_at`` does that without touching ``LoopNet``: every time the model's own loop
+# calls the named module (here ``lif2``, once per step), it backpropagates that step's loss at
+# once and hands the loop a detached output, so the stacked records hold no graph.
+
+for x, labels in batches(data.x_train, data.y_train):
+    learner.reset()
+
+    def step_loss(out, t, labels=labels):  # out is lif2's (spikes, membrane) at step t
+        return loss_fn(out[1], labels)
+
+    with learner.backward_at(loop_net.lif2, step_loss):
+        spikes, membranes = loop_net(x)  # the unchanged loop: one backward per step inside
+    optimizer.step()
+    optimizer.zero_grad()
+print(f"online in the model's own loop: records carry a graph? {membranes.requires_grad}")
 
 learner.detach()
 

@@ -212,3 +212,30 @@ def test_mixed_per_synapse_form_against_oracle():
     assert_spiking(torch.tensor(rates).mean(0).tolist())
     reference = oracle_gradients(net, run, owners, order)
     assert max(compare(grads, reference).values()) <= TOL
+
+
+def test_fused_layer_restarts_cleanly_from_a_none_state():
+    """Regression: a None state after a first sequence, with no learner.reset(), must give the
+    same gradient as a fresh learner even though the synapse computed x̃ before the neuron saw
+    that a new sequence starts."""
+    torch.manual_seed(4)
+    net = ToyNet(conv=False, reset="subtract", depth=1, fused=True)
+    x = torch.rand(2, 6, 3, 8, dtype=DT) * 1.5
+    target = torch.randn(6, 3, 2, dtype=DT)
+
+    def sequence(seq):
+        states = [None, None]
+        for t in range(6):
+            out, states, _ = net(x[seq, t], states)
+            ((out - target[t]) ** 2).sum().backward()
+
+    with snn_ostl.OSTL(net):
+        sequence(0)
+        net.zero_grad()
+        sequence(1)  # starts from None: a new sequence, no reset() called
+        continued = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    with snn_ostl.OSTL(net):
+        sequence(1)
+        fresh = {n: p.grad.clone() for n, p in net.named_parameters()}
+    assert max(compare(continued, fresh).values()) <= TOL
