@@ -48,6 +48,11 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
             kind = f"{learner.variant} eligibility"
             if learner.variant == "ostl":
                 kind = _EXACTNESS[g.form]
+            if g.fused:
+                kind += ", fused into the synapse's backward"
+            if g.presynaptic and g.form == "per-synapse":
+                states = ", ".join(layer.adapter.state_names[k] for k in sorted(g.presynaptic))
+                kind += f", presynaptic for {states}"
             if approx:
                 kind += f" [approximation: {approx}]"
             rows.append(
