@@ -397,7 +397,11 @@ class Layer:
                 self.fused_ran = False
                 continue
             if g.form == "full-jacobian":
-                g.trace = T.update_dense(dense_jac, g.trace, self._dense_buffer(g, step))
+                g.trace = (
+                    self._dense_zeros(g, step)
+                    if g.trace is None
+                    else T.update_dense(dense_jac, g.trace)
+                )
                 self._add_dense_immediate(g, d, step, g.trace)
             elif g.role == "weight":
                 x = self._synapse_input(g.source, step).detach()
@@ -440,13 +444,10 @@ class Layer:
                 view[:, k, :, s.source, :] += c_t.unsqueeze(-1) * weight.unsqueeze(0)
         return jac
 
-    def _dense_buffer(self, g: TraceGroup, step: StepRecord) -> Tensor | None:
-        """A zeroed [B, S*N, P] trace for the first step (later steps allocate in the bmm)."""
-        if g.trace is not None:
-            return None
+    def _dense_zeros(self, g: TraceGroup, step: StepRecord) -> Tensor:
+        """The zero ``[B, S*N, P]`` trace a sequence starts from."""
         like = step.prev[0]
-        width = len(step.prev) * like[0].numel()
-        return like.new_zeros(like.shape[0], width, g.param.numel())
+        return like.new_zeros(like.shape[0], len(step.prev) * like[0].numel(), g.param.numel())
 
     def _add_dense_immediate(
         self, g: TraceGroup, d: ElementwiseDerivatives, step: StepRecord, target: Tensor

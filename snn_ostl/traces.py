@@ -332,16 +332,13 @@ def dense_from_elementwise(jac: Sequence[Sequence[Partial]], like: Tensor) -> Te
     return out.reshape(batch, size * n, size * n)
 
 
-def update_dense(jac: Tensor, e: Tensor | None, out: Tensor | None = None) -> Tensor:
-    """``J_t e_{t-1}`` with J ``[B, S*N, S*N]`` and traces ``[B, S*N, P]`` (zeros at t = 0).
+def update_dense(jac: Tensor, e: Tensor) -> Tensor:
+    """``J_t e_{t-1}`` with J ``[B, S*N, S*N]`` and traces ``[B, S*N, P]``.
 
     The caller adds the immediate term ``∂s_t/∂θ`` in place; it is mostly zeros, so it is never
     built as a full tensor.
     """
-    if e is None:
-        shape = (jac.shape[0], jac.shape[1], out.shape[2] if out is not None else 0)
-        return out.zero_() if out is not None else jac.new_zeros(shape)
-    return torch.bmm(jac, e, out=out)
+    return torch.bmm(jac, e)
 
 
 def contract_dense(grads: Sequence[Tensor | None], e: Tensor, shape: torch.Size) -> Tensor:
