@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,83 +18,13 @@ from torch import Tensor, nn
 
 from snn_ostl import traces as T
 from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
-from snn_ostl.derivatives import ElementwiseDerivatives, Partial, dense_derivatives
+from snn_ostl.derivatives import ElementwiseDerivatives, dense_derivatives
 from snn_ostl.errors import ConfigurationError, Problem, StateError
+from snn_ostl.groups import TraceGroup, as_number, stack_partials
+from snn_ostl.history import History
 from snn_ostl.inject import inject
 
-__all__ = ["Layer", "TraceGroup"]
-
-FORMS = ("presynaptic", "per-synapse", "elementwise", "full-jacobian")
-
-
-@dataclass
-class TraceGroup:
-    """One trained parameter of a layer and how its eligibility is stored.
-
-    Attributes:
-        name: Qualified parameter name in the model (``"fc1.weight"``).
-        param: The parameter.
-        role: ``"weight"`` / ``"bias"`` of a synapse, ``"neuron"`` for the cell's own
-            elementwise parameters, ``"cell"`` for every parameter of a dense cell.
-        form: One of ``presynaptic``, ``per-synapse``, ``elementwise``, ``full-jacobian``.
-        op: The synapse operation (weights and biases only).
-        source: Where a synapse's input comes from: ``"input"`` or a state index.
-        key: Name of the parameter inside the adapter's partials (``"neuron"`` role).
-    """
-
-    name: str
-    param: nn.Parameter
-    role: str
-    form: str
-    op: T.SynapseOp | None = None
-    source: str | int = "input"
-    key: str = ""
-    fused: bool = False
-    presynaptic: frozenset = frozenset()  # states kept as filtered inputs in per-synapse form
-    trace: Any = field(default=None, repr=False)
-    pool: list[Any] = field(default_factory=list, repr=False)
-
-    def take_buffers(self) -> list[Tensor] | None:
-        """Recycled trace tensors shaped like the current trace, if any are free."""
-        while self.pool:
-            spare = self.pool.pop()
-            current = self.trace or []
-            if len(spare) == len(current) and all(
-                isinstance(a, Tensor)
-                and isinstance(b, Tensor)
-                and a.shape == b.shape
-                and a.dtype == b.dtype
-                and a.device == b.device
-                for a, b in zip(spare, current)
-            ):
-                return spare
-        return None
-
-    def trace_bytes(self) -> int:
-        """Memory held by the current trace."""
-        items = self.trace if isinstance(self.trace, list) else [self.trace]
-        return sum(t.numel() * t.element_size() for t in items if isinstance(t, Tensor))
-
-
-def _scalar(p: Partial) -> Partial:
-    """A one-element tensor partial is a number: the same for every neuron."""
-    if isinstance(p, Tensor) and p.dim() == 0:
-        return float(p)
-    return p
-
-
-def _stack_partials(parts: Sequence[Partial], like: Tensor) -> Tensor:
-    """S partials -> one ``[B, S, N]`` tensor (None -> 0)."""
-    flat = like.reshape(like.shape[0], -1)
-    out = []
-    for p in parts:
-        if p is None:
-            out.append(torch.zeros_like(flat))
-        elif isinstance(p, Tensor):
-            out.append(p.expand_as(like).reshape_as(flat))
-        else:
-            out.append(torch.full_like(flat, p))
-    return torch.stack(out, dim=1)
+__all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
 
 class Layer:
@@ -299,7 +228,7 @@ class Layer:
         if not self.has_traces or not self.groups:
             return prev
         spikes = set(self.adapter.spike_states) if self.variant == "eprop" else set()
-        history = _History(list(self.groups), [g.trace for g in self.groups], spikes)
+        history = History(list(self.groups), [g.trace for g in self.groups], spikes)
         size = history.nbytes()
         self.pending_bytes += size
         # A plain weak reference with a callback (cheaper than weakref.finalize on a hot path);
@@ -373,8 +302,8 @@ class Layer:
         adapter = self.adapter
         assert isinstance(adapter, ElementwiseAdapter)
         d = adapter.derivatives(self.module, step, self.variant, lambda: self.total_current(step))
-        d.state = [[_scalar(p) for p in row] for row in d.state]
-        d.current = [_scalar(p) for p in d.current]
+        d.state = [[as_number(p) for p in row] for row in d.state]
+        d.current = [as_number(p) for p in d.current]
         if self.variant == "eprop":
             spikes = set(adapter.spike_states)
             d.state = [[None if j in spikes else p for j, p in enumerate(row)] for row in d.state]
@@ -456,7 +385,7 @@ class Layer:
         like = step.prev[0]
         batch, n, size = like.shape[0], like[0].numel(), d.num_states
         if g.role in ("weight", "bias"):
-            c = _stack_partials(d.current, like)  # [B, S, N]
+            c = stack_partials(d.current, like)  # [B, S, N]
             if g.role == "bias":
                 target.view(batch, size, n, n).diagonal(dim1=2, dim2=3).add_(c)
                 return
@@ -465,7 +394,7 @@ class Layer:
             diag = target.view(batch, size, n, n, width).diagonal(dim1=2, dim2=3)  # [B,S,I,N]
             diag.add_(x[:, None, :, None] * c[:, :, None, :])
             return
-        dp = _stack_partials(d.params[g.key], like)  # [B, S, N]
+        dp = stack_partials(d.params[g.key], like)  # [B, S, N]
         index = torch.arange(g.param.numel(), device=like.device).reshape(g.param.shape)
         index = index.expand(like.shape[1:]).reshape(-1)
         view = target.view(batch, size, n, g.param.numel())
@@ -484,58 +413,3 @@ class Layer:
             g.trace = (
                 immediate if g.trace is None else T.update_dense(d.state, g.trace).add_(immediate)
             )
-
-
-class _History:
-    """The backward-time contraction of one step; holds the eligibility snapshot ``e_{t-1}``.
-
-    An object rather than a closure so that a finalizer can tell when autograd lets go of it
-    (the step's graph is gone) and recycle the snapshot's buffers.
-    """
-
-    __slots__ = ("__weakref__", "groups", "snapshot", "spikes")
-
-    def __init__(self, groups: list[TraceGroup], snapshot: list[Any], spikes: set[int]) -> None:
-        self.groups, self.snapshot, self.spikes = groups, snapshot, spikes
-
-    def nbytes(self) -> int:
-        total = 0
-        for tr in self.snapshot:
-            for t in tr if isinstance(tr, list) else [tr]:
-                if isinstance(t, Tensor):
-                    total += t.numel() * t.element_size()
-        return total
-
-    def __call__(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
-        grads = [None if k in self.spikes else g for k, g in enumerate(grads)]
-        return [
-            None if g.fused else _contract(g, tr, grads)
-            for g, tr in zip(self.groups, self.snapshot)
-        ]
-
-
-def _contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tensor | None:
-    """The history term ``ĝ_{t-1} · e_{t-1}`` for one parameter."""
-    if trace is None:
-        return None
-    shape = g.param.shape
-    if g.form == "full-jacobian":
-        out = T.contract_dense(grads, trace, shape)
-    elif g.role == "weight" and g.form == "presynaptic":
-        out = T.contract_presynaptic(g.op, grads, trace, g.param)
-    elif g.role == "weight":
-        out = T.contract_per_synapse(grads, trace, g.presynaptic)
-    elif g.role == "bias" and g.form == "presynaptic":
-        out = None
-        for gk, bk in zip(grads, trace):
-            if gk is not None and bk is not None:
-                term = g.op.bias_grad(gk) * bk
-                out = term if out is None else out + term
-    elif g.role == "bias":
-        # a conv bias is per channel while the neuron state is ``[C, H, W]``
-        target = shape if grads[0] is None or grads[0].dim() == 2 else (shape[0], 1, 1)
-        out = T.contract_elementwise(grads, trace, torch.Size(target))
-        out = None if out is None else out.reshape(shape)
-    else:
-        out = T.contract_elementwise(grads, trace, shape)
-    return None if out is None else out.to(g.param.dtype)

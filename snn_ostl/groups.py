@@ -1,0 +1,90 @@
+"""One trained parameter of a stateful layer and the storage of its eligibility trace.
+
+Shape letters are defined in :mod:`snn_ostl.derivatives`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snn_ostl import traces as T
+from snn_ostl.derivatives import Partial
+
+__all__ = ["FORMS", "TraceGroup", "as_number", "stack_partials"]
+
+FORMS = ("presynaptic", "per-synapse", "elementwise", "full-jacobian")
+
+
+@dataclass
+class TraceGroup:
+    """One trained parameter of a layer and how its eligibility is stored.
+
+    Attributes:
+        name: Qualified parameter name in the model (``"fc1.weight"``).
+        param: The parameter.
+        role: ``"weight"`` / ``"bias"`` of a synapse, ``"neuron"`` for the cell's own
+            elementwise parameters, ``"cell"`` for every parameter of a dense cell.
+        form: One of ``presynaptic``, ``per-synapse``, ``elementwise``, ``full-jacobian``.
+        op: The synapse operation (weights and biases only).
+        source: Where a synapse's input comes from: ``"input"`` or a state index.
+        key: Name of the parameter inside the adapter's partials (``"neuron"`` role).
+    """
+
+    name: str
+    param: nn.Parameter
+    role: str
+    form: str
+    op: T.SynapseOp | None = None
+    source: str | int = "input"
+    key: str = ""
+    fused: bool = False
+    presynaptic: frozenset = frozenset()  # states kept as filtered inputs in per-synapse form
+    trace: Any = field(default=None, repr=False)
+    pool: list[Any] = field(default_factory=list, repr=False)
+
+    def take_buffers(self) -> list[Tensor] | None:
+        """Recycled trace tensors shaped like the current trace, if any are free."""
+        while self.pool:
+            spare = self.pool.pop()
+            current = self.trace or []
+            if len(spare) == len(current) and all(
+                isinstance(a, Tensor)
+                and isinstance(b, Tensor)
+                and a.shape == b.shape
+                and a.dtype == b.dtype
+                and a.device == b.device
+                for a, b in zip(spare, current)
+            ):
+                return spare
+        return None
+
+    def trace_bytes(self) -> int:
+        """Memory held by the current trace."""
+        items = self.trace if isinstance(self.trace, list) else [self.trace]
+        return sum(t.numel() * t.element_size() for t in items if isinstance(t, Tensor))
+
+
+def as_number(p: Partial) -> Partial:
+    """A one-element tensor partial is a number: the same for every neuron."""
+    if isinstance(p, Tensor) and p.dim() == 0:
+        return float(p)
+    return p
+
+
+def stack_partials(parts: Sequence[Partial], like: Tensor) -> Tensor:
+    """S partials -> one ``[B, S, N]`` tensor (None -> 0)."""
+    flat = like.reshape(like.shape[0], -1)
+    out = []
+    for p in parts:
+        if p is None:
+            out.append(torch.zeros_like(flat))
+        elif isinstance(p, Tensor):
+            out.append(p.expand_as(like).reshape_as(flat))
+        else:
+            out.append(torch.full_like(flat, p))
+    return torch.stack(out, dim=1)

@@ -1,0 +1,73 @@
+"""The backward-time half of OSTL: the history term ``ĝ_{t-1} · e_{t-1}`` per parameter.
+
+:class:`History` is what an :func:`snn_ostl.inject.inject` node calls in the backward pass: it
+holds the eligibility snapshot of the previous step and contracts it with the state gradients,
+in whichever form each parameter's trace is stored (see :mod:`snn_ostl.traces`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from snn_ostl import traces as T
+from snn_ostl.groups import TraceGroup
+
+__all__ = ["History", "contract"]
+
+
+class History:
+    """The backward-time contraction of one step; holds the eligibility snapshot ``e_{t-1}``.
+
+    An object rather than a closure so that a finalizer can tell when autograd lets go of it
+    (the step's graph is gone) and recycle the snapshot's buffers.
+    """
+
+    __slots__ = ("__weakref__", "groups", "snapshot", "spikes")
+
+    def __init__(self, groups: list[TraceGroup], snapshot: list[Any], spikes: set[int]) -> None:
+        self.groups, self.snapshot, self.spikes = groups, snapshot, spikes
+
+    def nbytes(self) -> int:
+        total = 0
+        for tr in self.snapshot:
+            for t in tr if isinstance(tr, list) else [tr]:
+                if isinstance(t, Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+    def __call__(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        grads = [None if k in self.spikes else g for k, g in enumerate(grads)]
+        return [
+            None if g.fused else contract(g, tr, grads) for g, tr in zip(self.groups, self.snapshot)
+        ]
+
+
+def contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tensor | None:
+    """The history term ``ĝ_{t-1} · e_{t-1}`` for one parameter."""
+    if trace is None:
+        return None
+    shape = g.param.shape
+    if g.form == "full-jacobian":
+        out = T.contract_dense(grads, trace, shape)
+    elif g.role == "weight" and g.form == "presynaptic":
+        out = T.contract_presynaptic(g.op, grads, trace, g.param)
+    elif g.role == "weight":
+        out = T.contract_per_synapse(grads, trace, g.presynaptic)
+    elif g.role == "bias" and g.form == "presynaptic":
+        out = None
+        for gk, bk in zip(grads, trace):
+            if gk is not None and bk is not None:
+                term = g.op.bias_grad(gk) * bk
+                out = term if out is None else out + term
+    elif g.role == "bias":
+        # a conv bias is per channel while the neuron state is ``[C, H, W]``
+        target = shape if grads[0] is None or grads[0].dim() == 2 else (shape[0], 1, 1)
+        out = T.contract_elementwise(grads, trace, torch.Size(target))
+        out = None if out is None else out.reshape(shape)
+    else:
+        out = T.contract_elementwise(grads, trace, shape)
+    return None if out is None else out.to(g.param.dtype)
