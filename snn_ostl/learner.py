@@ -151,11 +151,14 @@ class OSTL:
                 layer.module.register_forward_pre_hook(self._make_pre(layer), with_kwargs=True)
             )
             self._handles.append(
-                layer.module.register_forward_hook(self._make_post(layer), with_kwargs=True)
+                # always_call: the post-hook also undoes the pre-hook when forward raises
+                layer.module.register_forward_hook(
+                    self._make_post(layer), with_kwargs=True, always_call=True
+                )
             )
         for module in self._synapse_paths:
             self._handles.append(module.register_forward_pre_hook(self._synapse_pre))
-            self._handles.append(module.register_forward_hook(self._synapse_post))
+            self._handles.append(module.register_forward_hook(self._synapse_post, always_call=True))
         if learning_signal == "direct":
             self._handles.append(model.register_forward_hook(self._model_post))
         for module in model.modules():
@@ -293,7 +296,7 @@ class OSTL:
         ctx = self._saving.pop(module, None)
         if ctx is not None:
             ctx.__exit__(None, None, None)
-        if not torch.is_grad_enabled():
+        if output is None or not torch.is_grad_enabled():  # None: forward raised
             return None
         self._note(self._synapse_paths[module])
         output = self.signals.after_synapse(module, args, output, self._synapse_paths[module])
@@ -319,47 +322,50 @@ class OSTL:
             # to keep the framework's forward consistent (e.g. spikes in the input's dtype).
             ctx = adapter.variant_forward(module, self.variant)
             ctx.__enter__()
-            layer.variant_ctx = ctx
-            if not torch.is_grad_enabled():
-                layer.step = None
-                return None
-            try:
-                current = adapter.current(module, args, kwargs)
-                prev = adapter.read_state(module, args, kwargs)
-            except StateError as err:
-                raise StateError(
-                    f"{layer.path or '<root>'} ({type(module).__name__}): {err}"
-                ) from err
-            if prev is None:
-                # The module starts from its zero state: a new sequence, so the traces restart
-                # too (otherwise a forgotten learner.reset() would mix two sequences silently).
-                layer.reset()
-                prev = adapter.initial_state(module, current)
-            inputs: dict[str | int, Tensor] = {}
-            owns_input = layer.owns_input_weights
-            found = None if owns_input else self._find_synapse(current)
-            if not layer.bound:
-                self._bind(layer, found)
-            elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):
-                raise StateError(
-                    f"{layer.path} ({type(module).__name__}): its input current came from "
-                    f"{layer.synapse_path} at the first step but not at this one. Feed the "
-                    "neuron from the same Linear/Conv module at every step (no operation in "
-                    "between)."
-                )
-            if found is not None:
-                inputs["input"] = found[1]
-            self._note(layer.path)
-            state = layer.before_step(tuple(prev), current, inputs)
-            self._track_pending(layer)
-            if owns_input and current.requires_grad and self.learning_signal != "backprop":
-                stack = contextlib.ExitStack()
-                stack.push(layer.variant_ctx)
-                args, kwargs = self._internal_feedback(layer, args, kwargs, current, stack)
-                layer.variant_ctx = stack
-            return adapter.write_state(module, args, kwargs, state)
+            layer.variant_ctx = ctx  # exited by the post-hook, which runs even if this raises
+            return self._pre_step(layer, module, args, kwargs)
 
         return hook
+
+    def _pre_step(self, layer: Layer, module: nn.Module, args: tuple, kwargs: dict):
+        """The pre-hook's work once the variant context is entered."""
+        adapter = layer.adapter
+        if not torch.is_grad_enabled():
+            layer.step = None
+            return None
+        try:
+            current = adapter.current(module, args, kwargs)
+            prev = adapter.read_state(module, args, kwargs)
+        except StateError as err:
+            raise StateError(f"{layer.path or '<root>'} ({type(module).__name__}): {err}") from err
+        if prev is None:
+            # The module starts from its zero state: a new sequence, so the traces restart
+            # too (otherwise a forgotten learner.reset() would mix two sequences silently).
+            layer.reset()
+            prev = adapter.initial_state(module, current)
+        inputs: dict[str | int, Tensor] = {}
+        owns_input = layer.owns_input_weights
+        found = None if owns_input else self._find_synapse(current)
+        if not layer.bound:
+            self._bind(layer, found)
+        elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):
+            raise StateError(
+                f"{layer.path} ({type(module).__name__}): its input current came from "
+                f"{layer.synapse_path} at the first step but not at this one. Feed the "
+                "neuron from the same Linear/Conv module at every step (no operation in "
+                "between)."
+            )
+        if found is not None:
+            inputs["input"] = found[1]
+        self._note(layer.path)
+        state = layer.before_step(tuple(prev), current, inputs)
+        self._track_pending(layer)
+        if owns_input and current.requires_grad and self.learning_signal != "backprop":
+            stack = contextlib.ExitStack()
+            stack.push(layer.variant_ctx)
+            args, kwargs = self._internal_feedback(layer, args, kwargs, current, stack)
+            layer.variant_ctx = stack
+        return adapter.write_state(module, args, kwargs, state)
 
     def _make_post(self, layer: Layer):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
@@ -367,6 +373,8 @@ class OSTL:
             if ctx is not None:
                 layer.variant_ctx = None
                 ctx.__exit__(None, None, None)
+            if output is None:  # forward raised: the step never happened
+                layer.step = None
             if layer.step is None:
                 return None
             layer.after_step(layer.adapter.new_state(module, args, kwargs, output))

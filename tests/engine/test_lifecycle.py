@@ -104,3 +104,26 @@ def test_no_grad_forward_leaves_traces_alone():
         assert not learner.layers["cells.0"].has_traces
         net(x[0], [None])
         assert learner.layers["cells.0"].has_traces
+
+
+def test_a_forward_that_raises_leaves_no_hook_state_behind():
+    """Post-hooks run even when forward raises, so nothing stays installed or half-done."""
+    from torch import nn
+
+    cell = snn_ostl.SNU(4, 3, threshold=0.2, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(4, 4, dtype=torch.float64), cell)
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with snn_ostl.OSTL(cell, variant="eprop") as learner:
+        _, state = cell(x)
+        bad = snn_ostl.SNUState(state.s[:1], state.y)
+        with pytest.raises(snn_ostl.StateError):
+            cell(x, bad)  # refused inside the pre-hook, after its variant context was entered
+        assert cell.detach_spikes is False  # the e-prop context was undone
+        learner.reset()
+        cell(x)[0].sum().backward()  # the next step works and trains
+    with snn_ostl.OSTL(model):
+        with pytest.raises(RuntimeError):
+            model(torch.rand(2, 5, dtype=torch.float64))  # the Linear fails after its pre-hook
+        out, _ = model(x)
+    plain, _ = model(x)
+    torch.testing.assert_close(out.detach(), plain.detach())
