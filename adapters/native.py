@@ -125,7 +125,8 @@ class SNUAdapter(ElementwiseAdapter):
             params["decay"] = [d_s, h_prime * d_s]
         if isinstance(module.threshold, nn.Parameter):
             params["threshold"] = [None, -h_prime]
-        return ElementwiseDerivatives(state, current_partials, params)
+        # y = h(s - threshold): synapses reach y only through s, so their traces keep s alone
+        return ElementwiseDerivatives(state, current_partials, params, derived={1: (0, h_prime)})
 
 
 register_adapter(SoftSNU, examples={"soft": lambda: SoftSNU(6, 5, dtype=torch.float64)})(SNUAdapter)

@@ -46,11 +46,16 @@ class ElementwiseDerivatives:
         current: ``current[k] = ∂s^k_t / ∂a_t`` for the input current ``a_t``.
         params: For each of the cell's own elementwise parameters (broadcastable to N),
             ``params[name][k] = ∂s^k_t / ∂φ`` per element.
+        derived: ``derived[k] = (j, D)`` declares that state k reaches synapse parameters only
+            through state j of the same step: ``∂s^k_t/∂θ = D ∂s^j_t/∂θ`` for every synapse
+            weight and bias θ (the SNU's output ``y = h(s)``, with ``D = h'``). Synapse traces
+            are then kept for j alone (:mod:`snn_ostl.derived`). Optional: a fast path.
     """
 
     state: list[list[Partial]]
     current: list[Partial]
     params: dict[str, list[Partial]] = field(default_factory=dict)
+    derived: dict[int, tuple[int, Partial]] = field(default_factory=dict)
 
     @property
     def num_states(self) -> int:

@@ -33,6 +33,10 @@ class TraceGroup:
         op: The synapse operation (weights and biases only).
         source: Where a synapse's input comes from: ``"input"`` or a state index.
         key: Name of the parameter inside the adapter's partials (``"neuron"`` role).
+        fused: The synapse weight's gradient comes from the synapse's own backward.
+        presynaptic: Per-synapse form: states kept as filtered inputs ``[B, I]``.
+        folded: The trace leaves out the cell's derived states (:mod:`snn_ostl.derived`).
+        states: Full-Jacobian form: the state indices the trace keeps, in order.
     """
 
     name: str
@@ -43,24 +47,20 @@ class TraceGroup:
     source: str | int = "input"
     key: str = ""
     fused: bool = False
-    presynaptic: frozenset = frozenset()  # states kept as filtered inputs in per-synapse form
+    presynaptic: frozenset = frozenset()
+    folded: bool = False
+    states: tuple[int, ...] | None = None
     trace: Any = field(default=None, repr=False)
-    pool: list[Any] = field(default_factory=list, repr=False)
+    #: Per-synapse form: the advance of ``trace`` to the latest step, when not yet applied.
+    pending: Any = field(default=None, repr=False)
+    #: Per-synapse form: spare trace tensors of finished steps, reused as output buffers.
+    pool: list[Tensor] = field(default_factory=list, repr=False)
 
-    def take_buffers(self) -> list[Tensor] | None:
-        """Recycled trace tensors shaped like the current trace, if any are free."""
-        while self.pool:
-            spare = self.pool.pop()
-            current = self.trace or []
-            if len(spare) == len(current) and all(
-                isinstance(a, Tensor)
-                and isinstance(b, Tensor)
-                and a.shape == b.shape
-                and a.dtype == b.dtype
-                and a.device == b.device
-                for a, b in zip(spare, current)
-            ):
-                return spare
+    def take_buffer(self, like: Tensor) -> Tensor | None:
+        """A recycled trace tensor with the shape, dtype and device of ``like``, if one is free."""
+        for i, spare in enumerate(self.pool):
+            if (spare.shape, spare.dtype, spare.device) == (like.shape, like.dtype, like.device):
+                return self.pool.pop(i)
         return None
 
     def trace_bytes(self) -> int:

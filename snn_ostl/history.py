@@ -13,7 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from snn_ostl import per_synapse as PS
 from snn_ostl import traces as T
+from snn_ostl.derived import Derived, fold_grads
+from snn_ostl.errors import StateError
 from snn_ostl.groups import TraceGroup
 
 __all__ = ["History", "contract"]
@@ -26,10 +29,20 @@ class History:
     (the step's graph is gone) and recycle the snapshot's buffers.
     """
 
-    __slots__ = ("__weakref__", "groups", "snapshot", "spikes")
+    __slots__ = ("__weakref__", "consumed", "derived", "groups", "layer", "snapshot", "spikes")
 
-    def __init__(self, groups: list[TraceGroup], snapshot: list[Any], spikes: set[int]) -> None:
-        self.groups, self.snapshot, self.spikes = groups, snapshot, spikes
+    def __init__(
+        self,
+        layer: Any,
+        groups: list[TraceGroup],
+        snapshot: list[Any],
+        spikes: set[int],
+        derived: Derived,
+    ) -> None:
+        self.layer, self.groups, self.snapshot, self.spikes = layer, groups, snapshot, spikes
+        self.derived = derived  # factors D_{t-1} of the snapshot's derived states
+        #: True once this step's backward advanced the snapshot in place (it is spent).
+        self.consumed = False
 
     def nbytes(self) -> int:
         total = 0
@@ -40,10 +53,31 @@ class History:
         return total
 
     def __call__(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        if self.consumed:
+            raise StateError(
+                f"{self.layer.path or '<root>'}: a second backward pass reached a step whose "
+                "per-synapse eligibility traces the first backward already advanced in place. "
+                "Backpropagate through each step once (sum the losses first), or create the "
+                "learner with OSTL(model, advance_in_backward=False)."
+            )
         grads = [None if k in self.spikes else g for k, g in enumerate(grads)]
-        return [
-            None if g.fused else contract(g, tr, grads) for g, tr in zip(self.groups, self.snapshot)
-        ]
+        folded = fold_grads(grads, self.derived) if self.derived else grads
+        out: list[Tensor | None] = []
+        for index, (g, tr) in enumerate(zip(self.groups, self.snapshot)):
+            if g.fused:
+                out.append(None)
+                continue
+            group_grads = folded if g.folded else grads
+            step = None
+            if g.form == "per-synapse" and tr is not None:
+                step = self.layer.claim(index, tr, self)
+            if step is None:
+                out.append(contract(g, tr, group_grads))
+                continue
+            self.consumed = True
+            grad = PS.contract_and_advance(group_grads, tr, step, g.presynaptic)
+            out.append(None if grad is None else grad.to(g.param.dtype))
+        return out
 
 
 def contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tensor | None:
@@ -52,11 +86,12 @@ def contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tenso
         return None
     shape = g.param.shape
     if g.form == "full-jacobian":
-        out = T.contract_dense(grads, trace, shape)
+        states = g.states if g.states is not None else range(len(grads))
+        out = T.contract_dense([grads[k] for k in states], trace, shape)
     elif g.role == "weight" and g.form == "presynaptic":
         out = T.contract_presynaptic(g.op, grads, trace, g.param)
     elif g.role == "weight":
-        out = T.contract_per_synapse(grads, trace, g.presynaptic)
+        out = PS.contract(grads, trace, g.presynaptic)
     elif g.role == "bias" and g.form == "presynaptic":
         out = None
         for gk, bk in zip(grads, trace):

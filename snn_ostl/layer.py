@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from snn_ostl import dense
+from snn_ostl import per_synapse as PS
 from snn_ostl import traces as T
 from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
 from snn_ostl.derivatives import ElementwiseDerivatives, dense_derivatives
+from snn_ostl.derived import Derived, fold_jacobian
 from snn_ostl.errors import ConfigurationError, Problem, StateError
-from snn_ostl.groups import TraceGroup, as_number, stack_partials
+from snn_ostl.groups import TraceGroup, as_number
 from snn_ostl.history import History
 from snn_ostl.inject import inject
 
@@ -35,10 +38,20 @@ class Layer:
         module: The stateful module.
         adapter: Its adapter.
         variant: ``"ostl"``, ``"ostl-no-h"`` or ``"eprop"``.
+        advance_in_backward: Advance per-synapse traces in place inside the step's backward,
+            fused with the contraction (see :mod:`snn_ostl.per_synapse`).
     """
 
-    def __init__(self, path: str, module: nn.Module, adapter: CellAdapter, variant: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        module: nn.Module,
+        adapter: CellAdapter,
+        variant: str,
+        advance_in_backward: bool = True,
+    ) -> None:
         self.path, self.module, self.adapter, self.variant = path, module, adapter, variant
+        self.advance_in_backward = advance_in_backward
         self.synapse: nn.Module | None = None
         self.synapse_path: str | None = None
         self.groups: list[TraceGroup] = []
@@ -54,6 +67,7 @@ class Layer:
         self._owns_input: bool | None = None
         self.step: StepRecord | None = None
         self.inputs: dict[str | int, Tensor] = {}
+        self.derived: Derived = {}  # derived-state factors of the latest step
 
     # ------------------------------------------------------------------ planning
     @property
@@ -181,11 +195,12 @@ class Layer:
                 # the old sequence: restart it in place, in the very tensor it saved.
                 g.trace[0].copy_(self._fused_x)
                 continue
-            g.trace = None
+            g.trace = g.pending = None
             g.pool.clear()
         self.has_traces = False
         self.batch = None
         self.step = None
+        self.derived = {}
 
     def check(self, prev: Sequence[Tensor], current: Tensor) -> None:
         """Refuse a state that does not fit the traces (new batch, shape, dtype, device)."""
@@ -227,8 +242,12 @@ class Layer:
         self.step = StepRecord(current=current, prev=prev)
         if not self.has_traces or not self.groups:
             return prev
+        for g in self.groups:
+            if g.pending is not None:  # no backward reached the last step: advance now
+                self._flush(g)
         spikes = set(self.adapter.spike_states) if self.variant == "eprop" else set()
-        history = History(list(self.groups), [g.trace for g in self.groups], spikes)
+        snapshot = [g.trace for g in self.groups]
+        history = History(self, list(self.groups), snapshot, spikes, self.derived)
         size = history.nbytes()
         self.pending_bytes += size
         # A plain weak reference with a callback (cheaper than weakref.finalize on a hot path);
@@ -241,13 +260,62 @@ class Layer:
         snapshot, size = self._live.pop(ref)
         self._recycle(snapshot, size)
 
+    def _in_use(self, tensors: Sequence[Tensor], exclude: Any = None) -> bool:
+        """Whether a step that may still run its backward holds one of ``tensors``."""
+        ids = {id(t) for t in tensors}
+        for ref, (snapshot, _size) in self._live.items():
+            history = ref()
+            if history is None or history is exclude or history.consumed:
+                continue
+            for trace in snapshot:
+                if isinstance(trace, list) and any(id(t) in ids for t in trace):
+                    return True
+        return False
+
     def _recycle(self, snapshot: list[Any], size: int) -> None:
-        """A step's graph is gone: its eligibility snapshot can be reused as an output buffer."""
+        """A step's graph is gone: its per-synapse tensors can be reused as output buffers."""
         self.pending_bytes -= size
         for g, old in zip(self.groups, snapshot):
-            reusable = g.form == "per-synapse" and isinstance(old, list) and old is not g.trace
-            if reusable and len(g.pool) < 2 and all(isinstance(t, Tensor) for t in old):
-                g.pool.append(old)
+            if g.form != "per-synapse" or not isinstance(old, list) or not g.trace:
+                continue
+            current = {id(t) for t in g.trace}
+            for k in set(range(len(old))) - g.presynaptic:
+                t = old[k]
+                spare = isinstance(t, Tensor) and id(t) not in current
+                if spare and len(g.pool) < 2 * len(old) and not self._in_use([t]):
+                    g.pool.append(t)
+
+    def _flush(self, g: TraceGroup) -> None:
+        """Apply a per-synapse group's pending advance outside a backward pass."""
+        step, g.pending = g.pending, None
+        base = [g.trace[k] for k in step.rows]
+        if self._in_use(base):
+            # a step whose backward has not run yet still needs e_{t-1}: write elsewhere
+            out = list(g.trace)
+            for k in step.rows:
+                out[k] = g.take_buffer(g.trace[k])
+            g.trace = PS.advance(step, g.trace, out)
+        else:
+            g.trace = PS.advance(step, g.trace, g.trace)
+
+    def claim(self, index: int, snapshot: list[Any], history: Any) -> PS.PerSynapseStep | None:
+        """The pending advance of group ``index``, if ``history`` may apply it in place.
+
+        Called from a step's backward with that step's snapshot ``e_{t-1}``: when the group's
+        pending advance starts from exactly these tensors and no other step still needs them,
+        the backward contracts and advances in one pass (and the snapshot is spent).
+        """
+        g = self.groups[index]
+        step = g.pending
+        if step is None or not self.advance_in_backward:
+            return None
+        base = [snapshot[k] for k in step.rows]
+        if any(a is not g.trace[k] for a, k in zip(base, step.rows)):
+            return None
+        if self._in_use(base, exclude=history):
+            return None
+        g.pending = None
+        return step
 
     def after_step(self, new: tuple[Tensor, ...]) -> None:
         """Advance every trace by one step: ``e_t = J_t e_{t-1} + ∂s_t/∂θ``."""
@@ -312,13 +380,19 @@ class Layer:
     def _advance_elementwise(self, step: StepRecord) -> None:
         d = self._derivatives(step)
         like = step.prev[0]
-        dense_jac = self._full_jacobian(d, like) if self.recurrent else None
+        previous, self.derived = self.derived, d.derived
+        # synapse traces leave out derived states (exact, see snn_ostl.derived)
+        folded = fold_jacobian(d.state, d.current, d.derived, previous) if d.derived else None
         if self.fused_group is not None:
             (scale,) = d.current
             # x̃ is normalised by c = ∂s/∂a: the synapse's backward multiplies by ∂L/∂a = c δ.
             self.decay = float(d.state[0][0] or 0.0)
             assert isinstance(scale, (int, float)) and scale != 0, "fused traces need c != 0"
+        jacobians: dict[tuple[int, ...], Tensor] = {}  # dense J_t per kept-state set
         for g in self.groups:
+            if g.trace is None:
+                g.folded = folded is not None and g.role in ("weight", "bias")
+            jac, current = folded if g.folded else (d.state, d.current)
             if g.fused:
                 if not getattr(self, "fused_ran", False):
                     # the binding step ran before the substitution existed: x̃_1 = x_1
@@ -326,80 +400,55 @@ class Layer:
                 self.fused_ran = False
                 continue
             if g.form == "full-jacobian":
-                g.trace = (
-                    self._dense_zeros(g, step)
-                    if g.trace is None
-                    else T.update_dense(dense_jac, g.trace)
-                )
-                self._add_dense_immediate(g, d, step, g.trace)
+                self._advance_full(g, d, jac, current, step, previous, jacobians)
             elif g.role == "weight":
                 x = self._synapse_input(g.source, step).detach()
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
-                    g.trace = T.update_presynaptic(d.state, d.current, old, x)
+                    g.trace = T.update_presynaptic(jac, current, old, x)
                 else:
                     if g.trace is None:
-                        g.presynaptic = T.presynaptic_states(d.state, d.current)
-                    g.trace = T.update_per_synapse(
-                        d.state, d.current, old, x, like[0].numel(), g.take_buffers(), g.presynaptic
-                    )
+                        g.presynaptic = PS.presynaptic_states(jac, current)
+                    new, plan = PS.plan(jac, current, old, x, like[0].numel(), g.presynaptic)
+                    if any(old[k] is None for k in plan.rows):  # first step: nothing to fuse
+                        g.trace = PS.advance(plan, new)
+                    else:
+                        g.trace, g.pending = new, plan
             elif g.role == "bias":
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
                     # J and c are numbers here, so the bias trace is a number per state
-                    g.trace = T.update_presynaptic(d.state, d.current, old, 1.0)
+                    g.trace = T.update_presynaptic(jac, current, old, 1.0)
                 else:
-                    g.trace = T.update_elementwise(d.state, d.current, old, like)
+                    g.trace = T.update_elementwise(jac, current, old, like)
             else:
                 old = g.trace or [None] * d.num_states
                 g.trace = T.update_elementwise(d.state, d.params[g.key], old, like)
 
-    def _full_jacobian(self, d: ElementwiseDerivatives, like: Tensor) -> Tensor:
-        jac = T.dense_from_elementwise(d.state, like)
-        batch, n, size = like.shape[0], like[0].numel(), d.num_states
-        view = jac.view(batch, size, n, size, n)
-        for s in self._internal():
-            if not isinstance(s.source, int):
-                continue
-            weight = self.module.get_parameter(s.weight).detach()
-            for k, c in enumerate(d.current):
-                if c is None:
-                    continue
-                c_t = (
-                    c.reshape(batch, n)
-                    if isinstance(c, Tensor)
-                    else torch.full_like(like.reshape(batch, n), c)
+    def _advance_full(self, g, d, jac, current, step, previous, jacobians) -> None:
+        """One step of a full-Jacobian trace over the states the group keeps."""
+        like = step.prev[0]
+        states = tuple(k for k in range(d.num_states) if not (g.folded and k in d.derived))
+        g.states = states
+        if g.trace is None:
+            g.trace = dense.zeros(like, len(states), g.param.numel())
+        else:
+            if states not in jacobians:
+                recurrent = [
+                    (s.source, self.module.get_parameter(s.weight).detach())
+                    for s in self._internal()
+                    if isinstance(s.source, int)
+                ]
+                jacobians[states] = dense.jacobian(
+                    jac, current, like, states, recurrent, previous if g.folded else {}
                 )
-                view[:, k, :, s.source, :] += c_t.unsqueeze(-1) * weight.unsqueeze(0)
-        return jac
-
-    def _dense_zeros(self, g: TraceGroup, step: StepRecord) -> Tensor:
-        """The zero ``[B, S*N, P]`` trace a sequence starts from."""
-        like = step.prev[0]
-        return like.new_zeros(like.shape[0], len(step.prev) * like[0].numel(), g.param.numel())
-
-    def _add_dense_immediate(
-        self, g: TraceGroup, d: ElementwiseDerivatives, step: StepRecord, target: Tensor
-    ) -> None:
-        """Add ``∂s_t/∂θ`` (mostly zeros) into a ``[B, S*N, P]`` dense trace in place."""
-        like = step.prev[0]
-        batch, n, size = like.shape[0], like[0].numel(), d.num_states
-        if g.role in ("weight", "bias"):
-            c = stack_partials(d.current, like)  # [B, S, N]
-            if g.role == "bias":
-                target.view(batch, size, n, n).diagonal(dim1=2, dim2=3).add_(c)
-                return
-            x = self._synapse_input(g.source, step).detach().reshape(batch, -1)
-            width = x.shape[1]
-            diag = target.view(batch, size, n, n, width).diagonal(dim1=2, dim2=3)  # [B,S,I,N]
-            diag.add_(x[:, None, :, None] * c[:, :, None, :])
-            return
-        dp = stack_partials(d.params[g.key], like)  # [B, S, N]
-        index = torch.arange(g.param.numel(), device=like.device).reshape(g.param.shape)
-        index = index.expand(like.shape[1:]).reshape(-1)
-        view = target.view(batch, size, n, g.param.numel())
-        # each neuron n touches one element index[n] of the parameter: pairs are unique
-        view[:, :, torch.arange(n, device=like.device), index] += dp
+            g.trace = T.update_dense(jacobians[states], g.trace)
+        if g.role == "neuron":
+            partials, x = d.params[g.key], None
+        else:
+            partials = current
+            x = self._synapse_input(g.source, step).detach() if g.role == "weight" else None
+        dense.add_immediate(g.trace, g.role, [partials[k] for k in states], like, x, g.param)
 
     def _advance_dense_cell(self, step: StepRecord) -> None:
         adapter = self.adapter

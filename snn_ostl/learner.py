@@ -85,6 +85,10 @@ class OSTL:
             their instantaneous gradient, and :meth:`summary` says so.
         trace_budget: Bytes of eligibility snapshots that may wait for a backward pass (a
             whole-sequence backward keeps one per step). Past it, :class:`TraceBudgetError`.
+        advance_in_backward: Advance per-synapse traces inside each step's backward, in place
+            and in the same pass as the gradient (one pass over the largest tensors instead of
+            three). A step can then be backpropagated only once; set False to allow
+            ``retain_graph=True`` and repeated backward passes through a step.
 
     Raises:
         UnsupportedModuleError: The model holds modules it cannot train (all listed).
@@ -100,6 +104,7 @@ class OSTL:
         seed: int = 0,
         strict: bool = True,
         trace_budget: int = 2**31,
+        advance_in_backward: bool = True,
     ) -> None:
         from snn_ostl.adapters import load_available
 
@@ -134,7 +139,7 @@ class OSTL:
         self._plan = plan
         self._problem_paths = {p.path for p in plan.problems}
         self.layers: dict[str, Layer] = {
-            path: Layer(path, module, adapter, variant)
+            path: Layer(path, module, adapter, variant, advance_in_backward)
             for path, (module, adapter) in plan.layers.items()
             if path not in self._problem_paths
         }

@@ -8,7 +8,8 @@ valid (the whole-sequence backward of issue #2). Three storage forms exist (SPEC
 - presynaptic: when J and ∂s/∂a are plain numbers, ``e^k[b, n, i] = x̄^k[b, i]`` for every
   neuron n, so only the filtered input ``x̄`` (``[B, *I]``) is stored; the gradient is the
   synapse's own weight-gradient evaluated at ``x̄`` (works for Linear and Conv alike).
-- per-synapse: ``e^k`` of shape ``[B, N, I]`` for a Linear synapse of any elementwise cell.
+- per-synapse: ``e^k`` of shape ``[N, B, I]`` for a Linear synapse of any elementwise cell
+  (its own module, :mod:`snn_ostl.per_synapse`).
 - dense: ``e`` of shape [B, S*N, P] for cells whose Jacobian mixes neurons.
 
 Elementwise parameters of the cell itself (decay, threshold) keep an ``[B, *N]`` trace per state.
@@ -30,14 +31,11 @@ __all__ = [
     "SynapseOp",
     "contract_dense",
     "contract_elementwise",
-    "contract_per_synapse",
     "contract_presynaptic",
     "dense_from_elementwise",
     "mix",
-    "presynaptic_states",
     "update_dense",
     "update_elementwise",
-    "update_per_synapse",
     "update_presynaptic",
 ]
 
@@ -155,126 +153,6 @@ def contract_presynaptic(
     for g, xb in zip(grads, xbar):
         if g is not None and xb is not None:
             out = _add(out, op.weight_grad(xb, g, weight))
-    return out
-
-
-# ----------------------------------------------------------------------------- per-synapse
-def _neuron_major(partial: Partial, batch: int, neurons: int) -> Partial:
-    """A [B, N]-broadcastable partial as an [N, B, 1] tensor (numbers pass through)."""
-    if not isinstance(partial, Tensor):
-        return partial
-    return partial.expand(batch, neurons).t().unsqueeze(-1)
-
-
-def presynaptic_states(jac: Sequence[Sequence[Partial]], current: Sequence[Partial]) -> frozenset:
-    """States whose synapse traces need no neuron index (SPEC §3, applied state by state).
-
-    A state k qualifies when its current partial and its Jacobian row are numbers and it depends
-    only on states that qualify too: then ``e^k[n, b, i] = x̄^k[b, i]`` for every neuron n. Norse's
-    synaptic current is such a state even though the membrane next to it is not.
-    """
-
-    def number(p: Partial) -> bool:
-        return p is None or isinstance(p, (int, float))
-
-    states = {k for k, row in enumerate(jac) if number(current[k]) and all(map(number, row))}
-    changed = True
-    while changed:
-        changed = False
-        for k in list(states):
-            if any(p is not None and j not in states for j, p in enumerate(jac[k])):
-                states.discard(k)
-                changed = True
-    return frozenset(states)
-
-
-def update_per_synapse(
-    jac: Sequence[Sequence[Partial]],
-    current: Sequence[Partial],
-    e: Traces,
-    x: Tensor,
-    neurons: int,
-    out: Sequence[Tensor] | None = None,
-    presynaptic: frozenset = frozenset(),
-) -> Traces:
-    """``e^k_t[n,b,i] = Σ_j J[k][j][b,n] e^j_{t-1}[n,b,i] + c^k[b,n] x[b,i]`` (Linear synapse).
-
-    Traces are stored neuron-major, ``[N, B, I]``, so that the backward contraction is a single
-    batched matrix product over neurons with no copy. States listed in ``presynaptic`` (see
-    :func:`presynaptic_states`) keep an ``[B, I]`` filtered input instead; they enter the other
-    states as broadcast terms. Broadcast terms with the same coefficient are summed as vectors
-    first, so each distinct coefficient costs one pass over the trace.
-
-    Args:
-        jac: S x S partials broadcastable to ``[B, N]``.
-        current: S partials ``∂s^k/∂a`` broadcastable to ``[B, N]``.
-        e: S traces (``[N, B, I]``, or ``[B, I]`` for presynaptic states) or None.
-        x: Synapse input ``[B, I]``.
-        neurons: N, the number of neurons.
-        out: Optional S buffers to write the per-synapse states into (recycled old traces).
-        presynaptic: Indices of states stored as filtered inputs.
-    """
-    batch, width = x.shape
-    result: Traces = [None] * len(jac)
-    for k in presynaptic:
-        result[k] = update_presynaptic([jac[k]], [current[k]], list(e), x)[0]
-    for k, row in enumerate(jac):
-        if k in presynaptic:
-            continue
-        buf = None if out is None else out[k]
-        acc: Tensor | None = None
-        for j, (partial, trace) in enumerate(zip(row, e)):
-            if partial is None or trace is None or j in presynaptic:
-                continue
-            scale = _neuron_major(partial, batch, neurons)
-            if acc is None:
-                acc = torch.mul(trace, scale, out=buf) if buf is not None else trace * scale
-            elif isinstance(scale, Tensor):
-                acc.addcmul_(scale, trace)
-            else:
-                acc.add_(trace, alpha=scale)
-        broadcast: list[tuple[Partial, Tensor]] = []
-        terms = [(row[j], e[j]) for j in presynaptic if row[j] is not None and e[j] is not None]
-        terms += [(current[k], x)] if current[k] is not None else []
-        for coef, vec in terms:
-            for m, (other, acc_vec) in enumerate(broadcast):
-                if other is coef or (not isinstance(coef, Tensor) and coef == other):
-                    broadcast[m] = (other, acc_vec + vec)
-                    break
-            else:
-                broadcast.append((coef, vec))
-        for coef, vec in broadcast:
-            scale = _neuron_major(coef, batch, neurons)
-            row_vec = vec.unsqueeze(0)  # [1, B, I]
-            if acc is None:
-                if not isinstance(scale, Tensor):
-                    scale = torch.full(
-                        (neurons, batch, 1), float(scale), dtype=x.dtype, device=x.device
-                    )
-                target = buf if buf is not None else x.new_empty(neurons, batch, width)
-                acc = torch.mul(scale, row_vec, out=target)
-            elif isinstance(scale, Tensor):
-                acc.addcmul_(scale, row_vec)
-            else:
-                acc.add_(row_vec, alpha=scale)
-        result[k] = acc
-    return result
-
-
-def contract_per_synapse(
-    grads: Sequence[Tensor | None], e: Traces, presynaptic: frozenset = frozenset()
-) -> Tensor | None:
-    """``Σ_{k,b} ĝ^k[b,n] e^k[n,b,i]`` -> weight gradient ``[N, I]`` (one bmm per state)."""
-    out = None
-    for k, (g, tr) in enumerate(zip(grads, e)):
-        if g is None or tr is None:
-            continue
-        flat = g.reshape(g.shape[0], -1)
-        if k in presynaptic:
-            term = flat.t() @ tr
-        else:
-            term = torch.bmm(flat.t().unsqueeze(1), tr).squeeze(1)
-        out = _add(out, term)
     return out
 
 

@@ -239,3 +239,28 @@ def test_fused_layer_restarts_cleanly_from_a_none_state():
         sequence(1)
         fresh = {n: p.grad.clone() for n, p in net.named_parameters()}
     assert max(compare(continued, fresh).values()) <= TOL
+
+
+def test_derived_state_is_left_out_of_synapse_traces():
+    """The SNU's y = h(s) is derived: synapse traces keep s alone (a quarter of the full-Jacobian
+    update); the learned threshold, which moves y directly, keeps both states. Exact either way."""
+    from conftest import assert_spiking
+    from nets import StackNet, data, mean_rates, stack_runner
+
+    torch.manual_seed(5)
+    net = StackNet([8, 6], recurrent=True, learn_decay=True)
+    x, target = data()
+    rates: list = []
+    run = stack_runner(net, x, target, rates)
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        for loss in run():
+            loss.backward()
+        shapes = {g.name: tuple(g.trace.shape) for g in learner.layers["cells.0"].groups}
+    batch, n = x.shape[1], 6
+    assert shapes["cells.0.weight"] == (batch, n, 8 * n)
+    assert shapes["cells.0.recurrent_weight"] == (batch, n, n * n)
+    assert shapes["cells.0.threshold"] == (batch, 2 * n, n)
+    grads, _, _ = ostl_gradients(net, run)
+    assert_spiking(mean_rates(rates))
+    assert max(compare(grads, full_bptt(net, run)).values()) <= TOL
