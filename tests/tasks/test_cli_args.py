@@ -39,6 +39,8 @@ def _exit_code(argv: list[str]) -> int:
         (["compare", "--task", "digits", "--learner", "bptt"], "--learner", "eprop"),
         (["compare", "--task", "digits", "--baselines", "rtrl"], "--baselines", "tbptt"),
         (["demo", "--framework", "jax"], "--framework", "snntorch"),
+        (["train", "--task", "digits", "--loss-on", "last"], "--loss-on", "speech"),
+        (["train", "--task", "speech", "--loss-on", "first"], "--loss-on", "last"),
         (["frobnicate"], "invalid choice", "demo"),
     ],
 )

@@ -63,6 +63,7 @@ def check_run(out: Path, metric: str) -> dict:
         ("mnist", ["--framework", "native"]),
         ("jsb", []),
         ("speech", []),
+        ("speech", ["--loss-on", "last"]),
         ("delay", []),
         ("delay", ["--model", "lstm"]),
     ],
@@ -74,6 +75,8 @@ def test_train_tiny_writes_a_run_folder(task, extra, tmp_path, capsys):
     metrics = check_run(out, TASKS[task].objective.main_metric)
     assert metrics["task"] == task and metrics["learner"] in ("ostl", "eprop")
     assert len(metrics["history"]["epoch"]) == metrics["config"]["epochs"] + 1
+    if "--loss-on" in extra:
+        assert metrics["config"]["loss_on"] == extra[extra.index("--loss-on") + 1]
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and summary[0].startswith(f"{task} ") and str(out) in summary[0]
 
