@@ -3,20 +3,20 @@
 These cells mix their units inside a step (the hidden-to-hidden weights), so they are
 :class:`~snn_ostl.adapter.DenseAdapter`\\ s: the engine keeps the paper's generic OSTL trace
 ``e_t = J_t e_{t-1} + ∂s_t/∂θ`` with the full per-layer Jacobian ``J_t = ∂s_t/∂s_{t-1}``
-([B, S*N, S*N]) and one trace of shape [B, S*N, P] per parameter, obtained by autograd
-(:func:`snn_ostl.derivatives.dense_derivatives`). The state is ``(h,)`` for ``RNNCell`` and
-``GRUCell`` and ``(h, c)`` for ``LSTMCell``; every parameter of the cell (``weight_ih``,
-``weight_hh`` and the biases) gets such a trace.
+([B, S*N, S*N]) and one trace of shape [B, S*N, P] per parameter. The partials are written
+out (:mod:`snn_ostl.adapters._torch_gates`: no autograd, no loop over the batch) and tested
+against autograd (:func:`snn_ostl.derivatives.dense_derivatives`). The state is ``(h,)`` for
+``RNNCell`` and ``GRUCell`` and ``(h, c)`` for ``LSTMCell``; every parameter of the cell
+(``weight_ih``, ``weight_hh`` and the biases) gets such a trace.
 
 :meth:`step` writes each cell out with plain differentiable ops (:func:`rnn_cell`,
 :func:`gru_cell`, :func:`lstm_cell`) with the trained parameters passed in. On the CPU they compute
 the values of the modules' own ``torch._VF`` kernels (RNN and LSTM bit for bit, GRU to one ulp),
-and unlike the fused GPU kernels they support the batched backward that
-:func:`~snn_ostl.derivatives.dense_derivatives` uses. (``torch.func.functional_call`` would run
-the module's forward hooks, the learner's included.)
+and unlike the fused GPU kernels they support the batched backward of the autograd reference.
+(``torch.func.functional_call`` would run the module's forward hooks, the learner's included.)
 
-Cost: ``O(B * S*N)`` backward passes per step and ``O(B * S*N * P)`` trace memory: meant for
-cells of tens of units, as in the paper.
+Cost: one ``[S*N, S*N] x [S*N, P]`` product per sample and step and ``O(B * S*N * P)`` trace
+memory: meant for cells of tens to a few hundred units, as in the paper.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from snn_ostl.adapters._torch_gates import gate_derivatives
 from torch import Tensor, nn
 
 from snn_ostl.adapter import DenseAdapter
@@ -155,6 +156,10 @@ class RNNCellAdapter(_TorchCellAdapter):
     def step(self, module, inputs, state, params):
         return (rnn_cell(inputs, state[0], _weights(module, params), module.nonlinearity),)
 
+    def derivatives(self, module, inputs, state, params):
+        weights = _weights(module, params)
+        return gate_derivatives("rnn", inputs, state, weights, params, module.nonlinearity)
+
 
 @register_adapter(
     nn.GRUCell,
@@ -170,6 +175,9 @@ class GRUCellAdapter(_TorchCellAdapter):
 
     def step(self, module, inputs, state, params):
         return (gru_cell(inputs, state[0], _weights(module, params)),)
+
+    def derivatives(self, module, inputs, state, params):
+        return gate_derivatives("gru", inputs, state, _weights(module, params), params)
 
 
 @register_adapter(
@@ -192,3 +200,6 @@ class LSTMCellAdapter(_TorchCellAdapter):
 
     def step(self, module, inputs, state, params):
         return lstm_cell(inputs, state[0], state[1], _weights(module, params))
+
+    def derivatives(self, module, inputs, state, params):
+        return gate_derivatives("lstm", inputs, state, _weights(module, params), params)

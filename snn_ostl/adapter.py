@@ -25,7 +25,12 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from snn_ostl.derivatives import ElementwiseDerivatives, elementwise_derivatives
+from snn_ostl.derivatives import (
+    DenseDerivatives,
+    ElementwiseDerivatives,
+    dense_derivatives,
+    elementwise_derivatives,
+)
 
 __all__ = ["CellAdapter", "DenseAdapter", "ElementwiseAdapter", "InternalSynapse", "StepRecord"]
 
@@ -247,6 +252,19 @@ class DenseAdapter(CellAdapter):
     ) -> tuple[Tensor, ...]:
         """One step, pure: ``(x_t, s_{t-1}, θ) -> s_t`` with ``params`` replacing the module's."""
         raise NotImplementedError
+
+    def derivatives(
+        self,
+        module: nn.Module,
+        inputs: Tensor,
+        state: tuple[Tensor, ...],
+        params: dict[str, Tensor],
+    ) -> DenseDerivatives:
+        """Partial derivatives of one step. The default asks autograd (the reference, one
+        backward per sample); hand-written adapters return the same, faster."""
+        return dense_derivatives(
+            lambda x, s, p: self.step(module, x, s, p), inputs, tuple(state), params
+        )
 
     def trained_parameters(self, module: nn.Module) -> dict[str, nn.Parameter]:
         """Every parameter the cell's traces cover."""

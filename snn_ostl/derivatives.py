@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "DenseDerivatives",
     "ElementwiseDerivatives",
+    "Factored",
     "Partial",
     "dense_derivatives",
     "elementwise_derivatives",
@@ -67,17 +69,37 @@ class ElementwiseDerivatives:
         return all(e is None or isinstance(e, (int, float)) for e in entries)
 
 
+class Factored(NamedTuple):
+    """``∂s_t/∂θ`` of a parameter that multiplies an input: ``rows[b, :, r] * input[b, i]``.
+
+    For ``θ`` of shape ``[R, I]`` (a weight; ``input`` ``[B, I]``) or ``[R]`` (a bias; ``input``
+    None), with ``rows = ∂s_t/∂(θ's output)`` of shape ``[B, S*N, R]``. Kept apart so the
+    engine never materialises more than the trace it adds into.
+    """
+
+    rows: Tensor
+    input: Tensor | None
+
+    def dense(self) -> Tensor:
+        """The ``[B, S*N, P]`` partial."""
+        if self.input is None:
+            return self.rows
+        batch, size, _ = self.rows.shape
+        return (self.rows.unsqueeze(-1) * self.input[:, None, None, :]).reshape(batch, size, -1)
+
+
 @dataclass
 class DenseDerivatives:
     """Partial derivatives of one step of a dense cell, flattened over states and neurons.
 
     Attributes:
         state: ``∂s_t / ∂s_{t-1}``, shape [B, S*N, S*N] (states concatenated in order).
-        params: ``∂s_t / ∂θ`` for each trained parameter, shape [B, S*N, P].
+        params: ``∂s_t / ∂θ`` for each trained parameter, shape [B, S*N, P], or
+            :class:`Factored`.
     """
 
     state: Tensor
-    params: dict[str, Tensor]
+    params: dict[str, Tensor | Factored]
 
 
 def _as_partial(grad: Tensor | None) -> Partial:

@@ -20,7 +20,7 @@ from snn_ostl import dense
 from snn_ostl import per_synapse as PS
 from snn_ostl import traces as T
 from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
-from snn_ostl.derivatives import ElementwiseDerivatives, dense_derivatives
+from snn_ostl.derivatives import ElementwiseDerivatives, Factored
 from snn_ostl.derived import Derived, fold_jacobian
 from snn_ostl.errors import ConfigurationError, Problem, StateError
 from snn_ostl.groups import TraceGroup, as_number
@@ -454,11 +454,21 @@ class Layer:
         adapter = self.adapter
         assert isinstance(adapter, DenseAdapter)
         params = {g.key: g.param for g in self.groups}
-        d = dense_derivatives(
-            lambda x, s, p: adapter.step(self.module, x, s, p), step.current, step.prev, params
-        )
+        d = adapter.derivatives(self.module, step.current, step.prev, params)
         for g in self.groups:
             immediate = d.params[g.key]
-            g.trace = (
-                immediate if g.trace is None else T.update_dense(d.state, g.trace).add_(immediate)
-            )
+            if g.trace is None:
+                dense_part = immediate.dense() if isinstance(immediate, Factored) else immediate
+                g.trace = dense_part.contiguous()
+                continue
+            g.trace = T.update_dense(d.state, g.trace)
+            if not isinstance(immediate, Factored):
+                g.trace.add_(immediate)
+            elif immediate.input is None:
+                g.trace.add_(immediate.rows)
+            else:  # rows ⊗ input, added without forming it: one batched outer product
+                rows, x = immediate.rows, immediate.input
+                batch, size, width = rows.shape
+                g.trace.view(batch, size * width, -1).baddbmm_(
+                    rows.reshape(batch, size * width, 1), x.reshape(batch, 1, -1)
+                )
