@@ -233,9 +233,9 @@ def _parse(argv):
 
 # OSTL/BPTT time ratios at the check's small size, where fixed per-step costs dominate. Runs on
 # the 2-core machine differed by up to 2x (Leaky worst seen: 3.0; Norse and SNU since the fused
-# per-synapse advance: 2.7 and 3.2 with another job on one core). The bounds sit at about twice
-# the worst: they catch a change of trace form or an O(T) cost, not noise.
-CHECK_BOUNDS = {"snntorch-leaky": 6.0, "norse-lif": 6.0, "native-snu": 7.0}
+# per-synapse advance: 2.7-4.1 and 2.8-3.2, with another job on one core). The bounds sit well
+# above the worst seen: they catch a change of trace form or an O(T) cost, not noise.
+CHECK_BOUNDS = {"snntorch-leaky": 6.0, "norse-lif": 7.0, "native-snu": 8.0}
 
 
 def main(argv: list[str] | None = None) -> int:
