@@ -73,6 +73,38 @@ def test_contract_and_advance_equals_contract_then_advance(neurons, chunk, mixin
     assert new[0] is e[0] and new[1] is e[1]  # advanced in place
 
 
+@settings(max_examples=15, deadline=None)
+@given(neurons=st.integers(1, 6), chunk=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_advance_in_place_and_elsewhere(neurons, chunk, seed):
+    """The advance without a backward: into the same tensors or into spare ones."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, width = 2, 4
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=DT)
+
+    jac = [[rand(batch, neurons), rand(batch, neurons)], [rand(batch, neurons), None]]
+    current = [rand(batch, neurons), rand(batch, neurons)]
+    e = [rand(neurons, batch, width), rand(neurons, batch, width)]
+    x = rand(batch, width)
+    zero = torch.zeros(batch, neurons, dtype=DT)
+    expected = _reference_advance(
+        [[jac[0][0], jac[0][1]], [jac[1][0], zero]], current, [t.clone() for t in e], x
+    )
+    old_chunk = PS.CHUNK_BYTES
+    PS.CHUNK_BYTES = chunk * batch * width * 8 * 2
+    try:
+        _, step = PS.plan(jac, current, e, x, neurons)
+        elsewhere = PS.advance(step, e, [torch.empty_like(t) for t in e])
+        in_place = PS.advance(step, e, e)
+    finally:
+        PS.CHUNK_BYTES = old_chunk
+    for a, b, want in zip(elsewhere, in_place, expected):
+        torch.testing.assert_close(a, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(b, want, rtol=1e-12, atol=1e-12)
+    assert in_place[0] is e[0] and elsewhere[0] is not e[0]
+
+
 def _net():
     torch.manual_seed(0)
     return StackNet([8, 6, 5], threshold=0.3)  # feed-forward SNU: per-synapse traces
