@@ -53,6 +53,12 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
             if g.presynaptic and g.form == "per-synapse":
                 states = ", ".join(layer.adapter.state_names[k] for k in sorted(g.presynaptic))
                 kind += f", presynaptic for {states}"
+            if g.folded and layer.derived:
+                names = layer.adapter.state_names
+                dropped = ", ".join(
+                    f"{names[k]} = f({names[m]})" for k, (m, _) in sorted(layer.derived.items())
+                )
+                kind += f", derived state left out ({dropped})"
             if approx:
                 kind += f" [approximation: {approx}]"
             rows.append(

@@ -23,6 +23,9 @@ def test_summary_lists_forms_and_memory():
     assert "readout.weight" in text and "exact: above every stateful layer" in text
     assert "front.0.weight" in text and "approximation" in text
     assert "total trace memory" in text
+    rows = {line.split()[2]: line for line in text.splitlines() if line.startswith("cells.")}
+    assert "derived state left out (y = f(s))" in rows["cells.0.weight"]
+    assert "derived" not in rows["cells.0.threshold"]  # the threshold moves y directly
 
 
 def test_import_does_not_import_frameworks():
