@@ -8,7 +8,6 @@ eligibility snapshot into the autograd graph through :func:`snn_ostl.inject.inje
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from snn_ostl.errors import ConfigurationError, Problem, StateError
 from snn_ostl.groups import TraceGroup, as_number
 from snn_ostl.history import History
 from snn_ostl.inject import inject
+from snn_ostl.snapshots import Snapshots
 
 __all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
@@ -61,8 +61,7 @@ class Layer:
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
         self.has_traces = False
-        self.pending_bytes = 0
-        self._live: dict[weakref.ref, tuple[list[Any], int]] = {}
+        self.snapshots = Snapshots(lambda: self.groups)
         self._params: list[nn.Parameter] = []
         self._owns_input: bool | None = None
         self.step: StepRecord | None = None
@@ -244,78 +243,23 @@ class Layer:
             return prev
         for g in self.groups:
             if g.pending is not None:  # no backward reached the last step: advance now
-                self._flush(g)
+                self.snapshots.flush(g)
         spikes = set(self.adapter.spike_states) if self.variant == "eprop" else set()
         snapshot = [g.trace for g in self.groups]
         history = History(self, list(self.groups), snapshot, spikes, self.derived)
-        size = history.nbytes()
-        self.pending_bytes += size
-        # A plain weak reference with a callback (cheaper than weakref.finalize on a hot path);
-        # the set keeps the reference itself alive until autograd drops the step's graph.
-        ref = weakref.ref(history, self._on_release)
-        self._live[ref] = (history.snapshot, size)
+        self.snapshots.track(history)
         return inject(history, prev, self._params)
 
-    def _on_release(self, ref: weakref.ref) -> None:
-        snapshot, size = self._live.pop(ref)
-        self._recycle(snapshot, size)
-
-    def _in_use(self, tensors: Sequence[Tensor], exclude: Any = None) -> bool:
-        """Whether a step that may still run its backward holds one of ``tensors``."""
-        ids = {id(t) for t in tensors}
-        for ref, (snapshot, _size) in self._live.items():
-            history = ref()
-            if history is None or history is exclude or history.consumed:
-                continue
-            for trace in snapshot:
-                if isinstance(trace, list) and any(id(t) in ids for t in trace):
-                    return True
-        return False
-
-    def _recycle(self, snapshot: list[Any], size: int) -> None:
-        """A step's graph is gone: its per-synapse tensors can be reused as output buffers."""
-        self.pending_bytes -= size
-        for g, old in zip(self.groups, snapshot):
-            if g.form != "per-synapse" or not isinstance(old, list) or not g.trace:
-                continue
-            current = {id(t) for t in g.trace}
-            for k in set(range(len(old))) - g.presynaptic:
-                t = old[k]
-                spare = isinstance(t, Tensor) and id(t) not in current
-                if spare and len(g.pool) < 2 * len(old) and not self._in_use([t]):
-                    g.pool.append(t)
-
-    def _flush(self, g: TraceGroup) -> None:
-        """Apply a per-synapse group's pending advance outside a backward pass."""
-        step, g.pending = g.pending, None
-        base = [g.trace[k] for k in step.rows]
-        if self._in_use(base):
-            # a step whose backward has not run yet still needs e_{t-1}: write elsewhere
-            out = list(g.trace)
-            for k in step.rows:
-                out[k] = g.take_buffer(g.trace[k])
-            g.trace = PS.advance(step, g.trace, out)
-        else:
-            g.trace = PS.advance(step, g.trace, g.trace)
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of eligibility snapshots that wait for a backward pass."""
+        return self.snapshots.pending_bytes
 
     def claim(self, index: int, snapshot: list[Any], history: Any) -> PS.PerSynapseStep | None:
-        """The pending advance of group ``index``, if ``history`` may apply it in place.
-
-        Called from a step's backward with that step's snapshot ``e_{t-1}``: when the group's
-        pending advance starts from exactly these tensors and no other step still needs them,
-        the backward contracts and advances in one pass (and the snapshot is spent).
-        """
-        g = self.groups[index]
-        step = g.pending
-        if step is None or not self.advance_in_backward:
+        """The pending advance of group ``index`` if ``history`` may apply it in place."""
+        if not self.advance_in_backward:
             return None
-        base = [snapshot[k] for k in step.rows]
-        if any(a is not g.trace[k] for a, k in zip(base, step.rows)):
-            return None
-        if self._in_use(base, exclude=history):
-            return None
-        g.pending = None
-        return step
+        return self.snapshots.claim(self.groups[index], snapshot, history)
 
     def after_step(self, new: tuple[Tensor, ...]) -> None:
         """Advance every trace by one step: ``e_t = J_t e_{t-1} + ∂s_t/∂θ``."""
