@@ -210,6 +210,46 @@ def render(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
+#: SPEC §6: OSTL/BPTT time per step for each network's trace form, and memory growth over T.
+TIME_TARGETS = {"snntorch-leaky": 1.0, "norse-lif": 3.0, "native-snu": 3.0}
+MEMORY_TARGET = 1.1
+
+
+def targets(cells: list[Cell]) -> str:
+    """One line per network: which of SPEC §6's targets the measured cells meet, and where."""
+    by = {(c.network, c.method, c.steps): c for c in cells}
+    lines = []
+    for network in dict.fromkeys(c.network for c in cells):
+        steps_list = sorted({c.steps for c in cells if c.network == network})
+        met, missed = [], []
+        for steps in steps_list:
+            b, o = by.get((network, "bptt", steps)), by.get((network, "ostl", steps))
+            if b and o and b.ms_per_step and o.ms_per_step and network in TIME_TARGETS:
+                ok = o.ms_per_step / b.ms_per_step <= TIME_TARGETS[network]
+                (met if ok else missed).append(f"T={steps}")
+        parts = []
+        if network in TIME_TARGETS and (met or missed):
+            if not missed:
+                verdict = f"met at {', '.join(met)}"
+            elif not met:
+                verdict = f"not met ({', '.join(missed)})"
+            else:
+                verdict = f"met at {', '.join(met)}, not at {', '.join(missed)}"
+            parts.append(f"time <= {TIME_TARGETS[network]:.1f}x BPTT {verdict}")
+        first = by.get((network, "ostl", steps_list[0]))
+        last = by.get((network, "ostl", steps_list[-1]))
+        if len(steps_list) > 1 and first and last and first.peak_mib and last.peak_mib:
+            growth = last.peak_mib / first.peak_mib
+            verdict = "met" if growth <= MEMORY_TARGET else "not met"
+            parts.append(
+                f"memory at T={steps_list[-1]} <= {MEMORY_TARGET}x T={steps_list[0]} "
+                f"{verdict} ({growth:.3f})"
+            )
+        if parts:
+            lines.append(f"{network}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(prog="snn-ostl bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--networks", default=",".join(NETWORKS),
@@ -274,12 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         f"snn-ostl bench: batch {batch}, sizes {'-'.join(map(str, sizes))}, device "
         f"{args.device}, {os.cpu_count()} cores, {cpu}"
     )
+    summary = "" if args.check else targets(cells)
     print(head)
     print(table)
+    if summary:
+        print("\ntargets (SPEC §6):\n" + summary)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench.txt"), "w") as f:
-            f.write(head + "\n" + table + "\n")
+            f.write(head + "\n" + table + "\n" + (f"\n{summary}\n" if summary else ""))
         with open(os.path.join(args.out, "bench.json"), "w") as f:
             json.dump([c.__dict__ for c in cells], f, indent=1)
     if args.check:

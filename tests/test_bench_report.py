@@ -1,0 +1,40 @@
+"""The benchmark's table, target lines and regression check on made-up cells (no timing)."""
+
+from __future__ import annotations
+
+from snn_ostl.bench import Cell, _check, render, targets
+
+
+def _cells(ostl_ms, bptt_ms, mib=(100.0, 101.0), network="norse-lif", steps=(20, 2000)):
+    out = []
+    for t, o, b, m in zip(steps, ostl_ms, bptt_ms, mib):
+        out += [Cell(network, "bptt", t, b, 500.0), Cell(network, "ostl", t, o, m)]
+    return out
+
+
+def test_table_has_ratios_and_memory_growth():
+    text = render(_cells((6.0, 9.0), (2.0, 6.0), mib=(100.0, 105.0)))
+    rows = [line.split() for line in text.splitlines()[2:]]
+    assert rows[0][:5] == ["norse-lif", "20", "2.00", "6.00", "3.00"]
+    assert rows[1][4] == "1.50" and rows[1][7] == "1.050"
+
+
+def test_targets_say_where_they_are_met():
+    text = targets(_cells((7.0, 9.0), (2.0, 6.0)))
+    assert "time <= 3.0x BPTT met at T=2000, not at T=20" in text
+    assert "memory at T=2000 <= 1.1x T=20 met (1.010)" in text
+    assert "not met (T=20, T=2000)" in targets(_cells((9.0, 30.0), (2.0, 6.0)))
+    assert "memory at T=2000 <= 1.1x T=20 not met (1.500)" in targets(
+        _cells((1.0, 1.0), (2.0, 2.0), mib=(100.0, 150.0))
+    )
+
+
+def test_check_fails_on_a_ratio_or_memory_regression(capsys):
+    ok = _cells((3.0, 3.0), (1.0, 1.0), steps=(10, 100))
+    assert _check(ok) == 0
+    slow = _cells((3.0, 30.0), (1.0, 1.0), steps=(10, 100))
+    assert _check(slow) == 1
+    growing = _cells((3.0, 3.0), (1.0, 1.0), mib=(100.0, 200.0), steps=(10, 100))
+    assert _check(growing) == 1
+    out = capsys.readouterr().out
+    assert "time ratio 30.00 > 7.0" in out and "memory grew 2.00x" in out
