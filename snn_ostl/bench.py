@@ -7,7 +7,9 @@ built three ways: snnTorch ``Leaky`` (factorised, fused presynaptic traces), Nor
 (per-synapse traces: Norse's reset is a differentiable gate) and the native SNU.
 
 ``--check`` runs a small configuration and fails when the ratios regress past generous
-bounds: a regression check on ratios, never on absolute times.
+bounds: a regression check on ratios, never on absolute times. Per-synapse networks are also
+timed with ``OSTL(flush_every=W)`` (``--flush-every``, 32 by default), where their history
+terms reach ``.grad`` every W steps and before each optimizer step (:mod:`snn_ostl.window`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ NETWORKS = {
     "norse-lif": "Norse LIFCell (per-synapse)",
     "native-snu": "snn_ostl SNU (per-synapse)",
 }
+
+
+#: The networks whose weights have per-synapse traces (where ``flush_every`` matters).
+PER_SYNAPSE = ("norse-lif", "native-snu")
 
 
 @dataclass
@@ -122,8 +128,11 @@ def measure(
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    # "ostl/32": per-synapse history terms flushed into .grad every 32 steps
+    flush_every = int(method.partition("/")[2] or 1)
+
     def run_ostl(n: int) -> float:
-        with snn_ostl.OSTL(model) as learner:
+        with snn_ostl.OSTL(model, flush_every=flush_every) as learner:
             learner.reset()
             reset(model)
             state = None
@@ -132,6 +141,7 @@ def measure(
             for t in range(n):
                 out, state = step(model, inputs(t), state)
                 loss_fn(out, targets[t]).backward()
+            learner.flush()  # timed: .grad is complete here
             sync()
             return time.perf_counter() - start
 
@@ -147,7 +157,7 @@ def measure(
         sync()
         return time.perf_counter() - start
 
-    run = run_ostl if method == "ostl" else run_bptt
+    run = run_ostl if method.startswith("ostl") else run_bptt
     run(min(steps, 10))  # warm-up: allocator, thread pools, lazy init
     # The best of a few runs: the least disturbed by whatever else the machine does.
     elapsed = float("inf")
@@ -179,30 +189,45 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _variants(cells: list[Cell], network: str) -> list[str]:
+    """The OSTL methods measured for ``network``: ``ostl`` first, then ``ostl/W``."""
+    found = {c.method for c in cells if c.network == network and c.method.startswith("ostl")}
+    return sorted(found, key=lambda m: (m != "ostl", m))
+
+
+def _label(method: str) -> str:
+    """How a row says when its per-synapse history terms reach ``.grad``."""
+    every = method.partition("/")[2]
+    return f"flush_every={every}" if every else "every step"
+
+
 def render(cells: list[Cell]) -> str:
     """The benchmark table, with OSTL/BPTT ratios and OSTL's memory growth over T."""
     rows = []
-    header = ("network", "T", "BPTT ms/step", "OSTL ms/step", "time ratio",
+    header = ("network", "T", "OSTL .grad", "BPTT ms/step", "OSTL ms/step", "time ratio",
               "BPTT peak MiB", "OSTL peak MiB", "OSTL mem / mem at min T", "note")  # fmt: skip
     by = {(c.network, c.method, c.steps): c for c in cells}
     for network in dict.fromkeys(c.network for c in cells):
         steps_list = sorted({c.steps for c in cells if c.network == network})
-        base = by.get((network, "ostl", steps_list[0]))
-        for steps in steps_list:
-            b, o = by.get((network, "bptt", steps)), by.get((network, "ostl", steps))
-            ratio = (
-                o.ms_per_step / b.ms_per_step
-                if b and o and b.ms_per_step and o.ms_per_step
-                else None
-            )
-            growth = (
-                o.peak_mib / base.peak_mib if o and base and o.peak_mib and base.peak_mib else None
-            )
-            note = "; ".join(x for x in (b.note if b else "", o.note if o else "") if x)
-            rows.append((network, str(steps), _fmt(b and b.ms_per_step, ".2f"),
-                         _fmt(o and o.ms_per_step, ".2f"), _fmt(ratio, ".2f"),
-                         _fmt(b and b.peak_mib, ".0f"), _fmt(o and o.peak_mib, ".0f"),
-                         _fmt(growth, ".3f"), note))  # fmt: skip
+        for method in _variants(cells, network):
+            base = by.get((network, method, steps_list[0]))
+            for steps in steps_list:
+                b, o = by.get((network, "bptt", steps)), by.get((network, method, steps))
+                ratio = (
+                    o.ms_per_step / b.ms_per_step
+                    if b and o and b.ms_per_step and o.ms_per_step
+                    else None
+                )
+                growth = (
+                    o.peak_mib / base.peak_mib
+                    if o and base and o.peak_mib and base.peak_mib
+                    else None
+                )
+                note = "; ".join(x for x in (b.note if b else "", o.note if o else "") if x)
+                rows.append((network, str(steps), _label(method), _fmt(b and b.ms_per_step, ".2f"),
+                             _fmt(o and o.ms_per_step, ".2f"), _fmt(ratio, ".2f"),
+                             _fmt(b and b.peak_mib, ".0f"), _fmt(o and o.peak_mib, ".0f"),
+                             _fmt(growth, ".3f"), note))  # fmt: skip
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("-" * len(lines[0]))
@@ -215,38 +240,44 @@ TIME_TARGETS = {"snntorch-leaky": 1.0, "norse-lif": 3.0, "native-snu": 3.0}
 MEMORY_TARGET = 1.1
 
 
+def _verdict(met: list[str], missed: list[str]) -> str:
+    if not missed:
+        return f"met at {', '.join(met)}"
+    if not met:
+        return f"not met ({', '.join(missed)})"
+    return f"met at {', '.join(met)}, not at {', '.join(missed)}"
+
+
 def targets(cells: list[Cell]) -> str:
-    """One line per network: which of SPEC §6's targets the measured cells meet, and where."""
+    """One line per network and OSTL method: which of SPEC §6's targets the cells meet."""
     by = {(c.network, c.method, c.steps): c for c in cells}
     lines = []
     for network in dict.fromkeys(c.network for c in cells):
         steps_list = sorted({c.steps for c in cells if c.network == network})
-        met, missed = [], []
-        for steps in steps_list:
-            b, o = by.get((network, "bptt", steps)), by.get((network, "ostl", steps))
-            if b and o and b.ms_per_step and o.ms_per_step and network in TIME_TARGETS:
-                ok = o.ms_per_step / b.ms_per_step <= TIME_TARGETS[network]
-                (met if ok else missed).append(f"T={steps}")
-        parts = []
-        if network in TIME_TARGETS and (met or missed):
-            if not missed:
-                verdict = f"met at {', '.join(met)}"
-            elif not met:
-                verdict = f"not met ({', '.join(missed)})"
-            else:
-                verdict = f"met at {', '.join(met)}, not at {', '.join(missed)}"
-            parts.append(f"time <= {TIME_TARGETS[network]:.1f}x BPTT {verdict}")
-        first = by.get((network, "ostl", steps_list[0]))
-        last = by.get((network, "ostl", steps_list[-1]))
-        if len(steps_list) > 1 and first and last and first.peak_mib and last.peak_mib:
-            growth = last.peak_mib / first.peak_mib
-            verdict = "met" if growth <= MEMORY_TARGET else "not met"
-            parts.append(
-                f"memory at T={steps_list[-1]} <= {MEMORY_TARGET}x T={steps_list[0]} "
-                f"{verdict} ({growth:.3f})"
-            )
-        if parts:
-            lines.append(f"{network}: " + "; ".join(parts))
+        variants = _variants(cells, network)
+        for method in variants:
+            met, missed = [], []
+            for steps in steps_list:
+                b, o = by.get((network, "bptt", steps)), by.get((network, method, steps))
+                if b and o and b.ms_per_step and o.ms_per_step and network in TIME_TARGETS:
+                    ok = o.ms_per_step / b.ms_per_step <= TIME_TARGETS[network]
+                    (met if ok else missed).append(f"T={steps}")
+            parts = []
+            if network in TIME_TARGETS and (met or missed):
+                limit = TIME_TARGETS[network]
+                parts.append(f"time <= {limit:.1f}x BPTT {_verdict(met, missed)}")
+            first = by.get((network, method, steps_list[0]))
+            last = by.get((network, method, steps_list[-1]))
+            if len(steps_list) > 1 and first and last and first.peak_mib and last.peak_mib:
+                growth = last.peak_mib / first.peak_mib
+                verdict = "met" if growth <= MEMORY_TARGET else "not met"
+                parts.append(
+                    f"memory at T={steps_list[-1]} <= {MEMORY_TARGET}x T={steps_list[0]} "
+                    f"{verdict} ({growth:.3f})"
+                )
+            if parts:
+                name = network if len(variants) == 1 else f"{network} ({_label(method)})"
+                lines.append(f"{name}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -261,6 +292,8 @@ def _parse(argv):
     p.add_argument("--timeout", type=float, default=900, help="seconds per cell before skipping")
     p.add_argument("--bptt-max-steps", type=int, default=2000,
                    help="skip BPTT above this T (it stores the whole sequence)")  # fmt: skip
+    p.add_argument("--flush-every", type=int, default=32,
+                   help="also time per-synapse nets with flush_every=N; 1: no")  # fmt: skip
     p.add_argument("--out", default=None, help="write the table and a JSON file here")
     p.add_argument(
         "--check",
@@ -299,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         steps_list, batch, sizes = [10, 100], 32, [196, 64, 64, 10]
     from tqdm import tqdm
 
-    jobs = [(n, m, t) for n in networks for t in steps_list for m in ("bptt", "ostl")]
+    def methods(network: str) -> tuple[str, ...]:
+        # flush_every changes nothing for factorised traces: time it where traces are per-synapse
+        if args.flush_every > 1 and network in PER_SYNAPSE:
+            return ("bptt", "ostl", f"ostl/{args.flush_every}")
+        return ("bptt", "ostl")
+
+    jobs = [(n, m, t) for n in networks for t in steps_list for m in methods(n)]
     cells = []
     for network, method, steps in tqdm(jobs, desc="bench", unit="cell", file=sys.stderr):
         if method == "bptt" and steps > args.bptt_max_steps:
@@ -334,19 +373,21 @@ def _check(cells: list[Cell]) -> int:
     failures = []
     by = {(c.network, c.method, c.steps): c for c in cells}
     for network, bound in CHECK_BOUNDS.items():
-        o, b = by.get((network, "ostl", 100)), by.get((network, "bptt", 100))
-        short = by.get((network, "ostl", 10))
-        if not (o and b and short) or None in (o.ms_per_step, b.ms_per_step):
-            continue
-        ratio = o.ms_per_step / b.ms_per_step
-        if ratio > bound:
-            failures.append(f"{network}: OSTL/BPTT time ratio {ratio:.2f} > {bound}")
-        growth = o.peak_mib / short.peak_mib
-        if growth > 1.1:
-            failures.append(f"{network}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
-        slowdown = o.ms_per_step / short.ms_per_step
-        if slowdown > 2.5:
-            failures.append(f"{network}: OSTL time per step grew {slowdown:.2f}x from T=10 to 100")
+        for method in _variants(cells, network):
+            o, b = by.get((network, method, 100)), by.get((network, "bptt", 100))
+            short = by.get((network, method, 10))
+            if not (o and b and short) or None in (o.ms_per_step, b.ms_per_step):
+                continue
+            name = network if method == "ostl" else f"{network} ({_label(method)})"
+            ratio = o.ms_per_step / b.ms_per_step
+            if ratio > bound:
+                failures.append(f"{name}: OSTL/BPTT time ratio {ratio:.2f} > {bound}")
+            growth = o.peak_mib / short.peak_mib
+            if growth > 1.1:
+                failures.append(f"{name}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
+            slowdown = o.ms_per_step / short.ms_per_step
+            if slowdown > 2.5:
+                failures.append(f"{name}: OSTL time per step grew {slowdown:.2f}x from T=10 to 100")
     for f in failures:
         print("bench check FAILED:", f)
     if not failures:

@@ -55,6 +55,8 @@ class TraceGroup:
     pending: Any = field(default=None, repr=False)
     #: Per-synapse form: spare trace tensors of finished steps, reused as output buffers.
     pool: list[Tensor] = field(default_factory=list, repr=False)
+    #: Per-synapse form with ``flush_every > 1``: the trace as a :class:`snn_ostl.window.Window`.
+    window: Any = field(default=None, repr=False)
 
     def take_buffer(self, like: Tensor) -> Tensor | None:
         """A recycled trace tensor with the shape, dtype and device of ``like``, if one is free."""
@@ -66,7 +68,8 @@ class TraceGroup:
     def trace_bytes(self) -> int:
         """Memory held by the current trace."""
         items = self.trace if isinstance(self.trace, list) else [self.trace]
-        return sum(t.numel() * t.element_size() for t in items if isinstance(t, Tensor))
+        own = sum(t.numel() * t.element_size() for t in items if isinstance(t, Tensor))
+        return own + (self.window.base_bytes if self.window is not None else 0)
 
 
 def as_number(p: Partial) -> Partial:

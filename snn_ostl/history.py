@@ -18,6 +18,7 @@ from snn_ostl import traces as T
 from snn_ostl.derived import Derived, fold_grads
 from snn_ostl.errors import StateError
 from snn_ostl.groups import TraceGroup
+from snn_ostl.window import WindowRef
 
 __all__ = ["History", "contract"]
 
@@ -68,6 +69,12 @@ class History:
                 out.append(None)
                 continue
             group_grads = folded if g.folded else grads
+            if isinstance(tr, WindowRef):  # recorded now, added to .grad at the next flush
+                found = {k: gk for k, gk in enumerate(group_grads) if gk is not None}
+                if found:
+                    tr.window.add(tr, found)
+                out.append(None)
+                continue
             step = None
             if g.form == "per-synapse" and tr is not None:
                 step = self.layer.claim(index, tr, self)

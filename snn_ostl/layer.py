@@ -26,6 +26,7 @@ from snn_ostl.groups import TraceGroup, as_number
 from snn_ostl.history import History
 from snn_ostl.inject import inject
 from snn_ostl.snapshots import Snapshots
+from snn_ostl.window import PLACEHOLDER, Window
 
 __all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
@@ -40,6 +41,8 @@ class Layer:
         variant: ``"ostl"``, ``"ostl-no-h"`` or ``"eprop"``.
         advance_in_backward: Advance per-synapse traces in place inside the step's backward,
             fused with the contraction (see :mod:`snn_ostl.per_synapse`).
+        flush_every: Per-synapse weights add their history terms to ``.grad`` every this many
+            steps (see :mod:`snn_ostl.window`); 1 adds them in every step's backward.
     """
 
     def __init__(
@@ -49,9 +52,11 @@ class Layer:
         adapter: CellAdapter,
         variant: str,
         advance_in_backward: bool = True,
+        flush_every: int = 1,
     ) -> None:
         self.path, self.module, self.adapter, self.variant = path, module, adapter, variant
         self.advance_in_backward = advance_in_backward
+        self.flush_every = flush_every
         self.synapse: nn.Module | None = None
         self.synapse_path: str | None = None
         self.groups: list[TraceGroup] = []
@@ -188,6 +193,7 @@ class Layer:
     # ------------------------------------------------------------------ per step
     def reset(self) -> None:
         """Forget traces and the batch size (a new sequence starts)."""
+        self.flush(close=True)
         for g in self.groups:
             if g.fused and getattr(self, "fused_ran", False) and g.trace:
                 # The synapse already ran this step and saved x̃_t for its backward, built on
@@ -200,6 +206,22 @@ class Layer:
         self.batch = None
         self.step = None
         self.derived = {}
+
+    def flush(self, close: bool = False) -> None:
+        """Add every recorded per-synapse history term to ``.grad`` (``flush_every > 1``).
+
+        Args:
+            close: The sequence ends: the windows are let go (a backward through one of their
+                steps still flushes itself).
+        """
+        for g in self.groups:
+            if g.window is None:
+                continue
+            if close:
+                g.window.close()
+                g.window = None
+            else:
+                g.window.flush(g.window.needed())
 
     def check(self, prev: Sequence[Tensor], current: Tensor) -> None:
         """Refuse a state that does not fit the traces (new batch, shape, dtype, device)."""
@@ -244,16 +266,19 @@ class Layer:
         for g in self.groups:
             if g.pending is not None:  # no backward reached the last step: advance now
                 self.snapshots.flush(g)
+            if g.window is not None and g.window.due():
+                g.window.flush(g.window.needed())
         spikes = set(self.adapter.spike_states) if self.variant == "eprop" else set()
-        snapshot = [g.trace for g in self.groups]
+        snapshot = [g.trace if g.window is None else g.window.ref(g.trace) for g in self.groups]
         history = History(self, list(self.groups), snapshot, spikes, self.derived)
         self.snapshots.track(history)
         return inject(history, prev, self._params)
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes of eligibility snapshots that wait for a backward pass."""
-        return self.snapshots.pending_bytes
+        """Bytes of eligibility snapshots that wait for a backward pass or a flush."""
+        windows = sum(g.window.nbytes for g in self.groups if g.window is not None)
+        return self.snapshots.pending_bytes + windows
 
     def claim(self, index: int, snapshot: list[Any], history: Any) -> PS.PerSynapseStep | None:
         """The pending advance of group ``index`` if ``history`` may apply it in place."""
@@ -353,8 +378,19 @@ class Layer:
                 else:
                     if g.trace is None:
                         g.presynaptic = PS.presynaptic_states(jac, current)
-                    new, plan = PS.plan(jac, current, old, x, like[0].numel(), g.presynaptic)
-                    if any(old[k] is None for k in plan.rows):  # first step: nothing to fuse
+                    windowed = self.flush_every > 1
+                    new, plan = PS.plan(
+                        jac, current, old, x, like[0].numel(), g.presynaptic, windowed
+                    )
+                    if windowed:
+                        if g.window is None:  # the window starts from the zero trace
+                            states = sorted(set(range(d.num_states)) - g.presynaptic)
+                            g.window = Window(
+                                g.param, states, g.presynaptic, self.flush_every, self.path
+                            )
+                        g.window.push(plan)
+                        g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]
+                    elif any(old[k] is None for k in plan.rows):  # first step: nothing to fuse
                         g.trace = PS.advance(plan, new)
                     else:
                         g.trace, g.pending = new, plan

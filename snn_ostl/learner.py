@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from snn_ostl.errors import (
     AlreadyAttachedError,
@@ -55,6 +56,18 @@ def _detached(output: Any) -> Any:
     if isinstance(output, (tuple, list)):
         return type(output)(_detached(o) for o in output)
     return output
+
+
+def _flush_hook(learner: OSTL) -> Callable[..., None]:
+    """An optimizer step pre-hook that flushes ``learner`` (held weakly: never keeps it alive)."""
+    ref = weakref.ref(learner)
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        alive = ref()
+        if alive is not None and alive.attached:
+            alive.flush()
+
+    return hook
 
 
 def is_attached(model: nn.Module) -> bool:
@@ -89,6 +102,13 @@ class OSTL:
             and in the same pass as the gradient (one pass over the largest tensors instead of
             three). A step can then be backpropagated only once; set False to allow
             ``retain_graph=True`` and repeated backward passes through a step.
+        flush_every: Per-synapse weights (e.g. under Norse's ``LIFCell``) record each step's
+            state gradient and add their history terms to ``.grad`` every this many steps, in
+            one pass over the trace instead of one per step (exact; see
+            :mod:`snn_ostl.window`). Flushes also run before every ``optimizer.step()``, and on
+            :meth:`flush`, :meth:`reset` and :meth:`detach`; call :meth:`flush` yourself before
+            reading those ``.grad`` between optimizer steps (e.g. before
+            ``clip_grad_norm_``). 1 (default) adds them in each step's backward.
 
     Raises:
         UnsupportedModuleError: The model holds modules it cannot train (all listed).
@@ -105,10 +125,16 @@ class OSTL:
         strict: bool = True,
         trace_budget: int = 2**31,
         advance_in_backward: bool = True,
+        flush_every: int = 1,
     ) -> None:
         from snn_ostl.adapters import load_available
 
         _check_choice("variant", variant, VARIANTS)
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(
+                f"OSTL option flush_every={flush_every!r} is not valid: pass a whole number of "
+                "steps >= 1 (1 adds every history term to .grad in that step's backward)."
+            )
         _check_choice("learning_signal", learning_signal, LEARNING_SIGNALS)
         if is_attached(model):
             raise AlreadyAttachedError(
@@ -136,10 +162,11 @@ class OSTL:
         self.model = model
         self.variant, self.learning_signal, self.strict = variant, learning_signal, strict
         self.trace_budget = trace_budget
+        self.flush_every = flush_every
         self._plan = plan
         self._problem_paths = {p.path for p in plan.problems}
         self.layers: dict[str, Layer] = {
-            path: Layer(path, module, adapter, variant, advance_in_backward)
+            path: Layer(path, module, adapter, variant, advance_in_backward, flush_every)
             for path, (module, adapter) in plan.layers.items()
             if path not in self._problem_paths
         }
@@ -166,6 +193,9 @@ class OSTL:
             self._handles.append(module.register_forward_hook(self._synapse_post, always_call=True))
         if learning_signal == "direct":
             self._handles.append(model.register_forward_hook(self._model_post))
+        if flush_every > 1:
+            # every optimizer, so that no step ever reads a .grad that still lacks terms
+            self._handles.append(register_optimizer_step_pre_hook(_flush_hook(self)))
         for module in model.modules():
             _ATTACHED[module] = self
 
@@ -178,6 +208,15 @@ class OSTL:
             layer.adapter.reset(layer.module)
         self._recent.clear()
         self.signals.reset()
+
+    def flush(self) -> None:
+        """Add every recorded per-synapse history term to ``.grad`` now (``flush_every > 1``).
+
+        Runs by itself before each ``optimizer.step()``; call it before reading or changing
+        ``.grad`` in between (clipping, logging). A no-op with ``flush_every=1``.
+        """
+        for layer in self.layers.values():
+            layer.flush()
 
     def detach(self) -> None:
         """Remove every hook; the model behaves exactly as before attaching.
@@ -263,7 +302,8 @@ class OSTL:
     def __repr__(self) -> str:
         return (
             f"OSTL(variant={self.variant!r}, learning_signal={self.learning_signal!r}, "
-            f"layers={list(self.layers)}, attached={self._attached})"
+            f"flush_every={self.flush_every}, layers={list(self.layers)}, "
+            f"attached={self._attached})"
         )
 
     # ------------------------------------------------------------------ hooks

@@ -32,6 +32,7 @@ __all__ = [
     "chunk_neurons",
     "contract",
     "contract_and_advance",
+    "contract_presynaptic",
     "plan",
     "presynaptic_states",
 ]
@@ -65,10 +66,15 @@ def presynaptic_states(jac: Sequence[Sequence[Partial]], current: Sequence[Parti
     return frozenset(states)
 
 
-def _neuron_major(partial: Partial, batch: int, neurons: int) -> Partial:
-    """A [B, N]-broadcastable partial as a contiguous [N, B, 1] tensor (numbers pass through)."""
+def _neuron_major(partial: Partial, batch: int, neurons: int, batch_major: bool) -> Partial:
+    """A [B, N]-broadcastable partial as a contiguous [N, B, 1] tensor (numbers pass through).
+
+    With ``batch_major`` it stays a ``[B, N]`` view instead (for :mod:`snn_ostl.window`).
+    """
     if not isinstance(partial, Tensor):
         return partial
+    if batch_major:
+        return partial.expand(batch, neurons)
     return partial.expand(batch, neurons).t().contiguous()[..., None]
 
 
@@ -116,6 +122,7 @@ def plan(
     x: Tensor,
     neurons: int,
     presynaptic: frozenset = frozenset(),
+    batch_major: bool = False,
 ) -> tuple[Traces, PerSynapseStep]:
     """Advance the presynaptic states now and plan the per-synapse advance.
 
@@ -126,6 +133,8 @@ def plan(
         x: Synapse input ``[B, I]``.
         neurons: N.
         presynaptic: States stored as filtered inputs (:func:`presynaptic_states`).
+        batch_major: Keep the step's factors as ``[B, N]`` views, for a
+            :class:`snn_ostl.window.Window` (which never runs :func:`advance`).
 
     Returns:
         The traces with presynaptic states at step t and per-synapse states still at t-1, and
@@ -150,7 +159,7 @@ def plan(
         if k in presynaptic:
             continue
         rows[k] = [
-            (j, _neuron_major(p, batch, neurons))
+            (j, _neuron_major(p, batch, neurons, batch_major))
             for j, p in enumerate(row)
             if p is not None and e[j] is not None and j not in presynaptic
         ]
@@ -164,7 +173,9 @@ def plan(
                     break
             else:
                 merged.append((coef, vec))
-        broadcast[k] = [(_neuron_major(c, batch, neurons), v.contiguous()) for c, v in merged]
+        broadcast[k] = [
+            (_neuron_major(c, batch, neurons, batch_major), v.contiguous()) for c, v in merged
+        ]
     return new, PerSynapseStep(rows, broadcast, x, (neurons, batch, width))
 
 
@@ -260,7 +271,8 @@ def _grad_rows(grads: Sequence[Tensor | None], keep) -> dict[int, Tensor]:
     }
 
 
-def _contract_presynaptic_states(grads, e: Traces, presynaptic: frozenset) -> Tensor | None:
+def contract_presynaptic(grads, e: Traces, presynaptic: frozenset) -> Tensor | None:
+    """``Σ_{k,b} ĝ^k[b,n] x̄^k[b,i]`` over the presynaptic states alone (one matmul each)."""
     out = None
     for k in presynaptic:
         g, tr = grads[k], e[k]
@@ -274,7 +286,7 @@ def contract(
     grads: Sequence[Tensor | None], e: Traces, presynaptic: frozenset = frozenset()
 ) -> Tensor | None:
     """``Σ_{k,b} ĝ^k[b,n] e^k[n,b,i]`` -> weight gradient ``[N, I]`` (one bmm per state)."""
-    out = _contract_presynaptic_states(grads, e, presynaptic)
+    out = contract_presynaptic(grads, e, presynaptic)
     for k, row in _grad_rows(grads, lambda k: k not in presynaptic and e[k] is not None).items():
         term = torch.bmm(row, e[k]).squeeze(1)
         out = term if out is None else out + term
@@ -298,7 +310,7 @@ def contract_and_advance(
         for k, row in rows.items():
             out[lo:hi].baddbmm_(row[lo:hi], e[k][lo:hi])
         _advance_into(step, e, dst, lo, hi, in_place=True)
-    pre = _contract_presynaptic_states(grads, e, presynaptic)
+    pre = contract_presynaptic(grads, e, presynaptic)
     if out is None:
         return pre
     out = out.squeeze(1)

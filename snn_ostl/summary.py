@@ -53,6 +53,9 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
             if g.presynaptic and g.form == "per-synapse":
                 states = ", ".join(layer.adapter.state_names[k] for k in sorted(g.presynaptic))
                 kind += f", presynaptic for {states}"
+            if g.form == "per-synapse" and g.role == "weight" and learner.flush_every > 1:
+                every = learner.flush_every
+                kind += f", added to .grad every {every} steps and before optimizer.step()"
             if g.folded and layer.derived:
                 names = layer.adapter.state_names
                 dropped = ", ".join(

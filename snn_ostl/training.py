@@ -194,6 +194,8 @@ def train_batch(
     total, since, dirty = 0.0, 0, False
 
     def update() -> None:
+        if learner is not None:
+            learner.flush()  # clipping reads .grad: it must be whole (OSTL(flush_every=...))
         if method.clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), method.clip_norm)
         optimizer.step()

@@ -15,8 +15,26 @@ def _cells(ostl_ms, bptt_ms, mib=(100.0, 101.0), network="norse-lif", steps=(20,
 def test_table_has_ratios_and_memory_growth():
     text = render(_cells((6.0, 9.0), (2.0, 6.0), mib=(100.0, 105.0)))
     rows = [line.split() for line in text.splitlines()[2:]]
-    assert rows[0][:5] == ["norse-lif", "20", "2.00", "6.00", "3.00"]
-    assert rows[1][4] == "1.50" and rows[1][7] == "1.050"
+    assert rows[0][:7] == ["norse-lif", "20", "every", "step", "2.00", "6.00", "3.00"]
+    assert rows[1][6] == "1.50" and rows[1][9] == "1.050"
+
+
+def test_flush_rows_have_their_own_ratios_and_target_lines():
+    cells = _cells((7.0, 9.0), (2.0, 6.0))
+    cells += [
+        Cell("norse-lif", "ostl/32", 20, 4.0, 120.0),
+        Cell("norse-lif", "ostl/32", 2000, 5.0, 150.0),
+    ]
+    rows = [line.split() for line in render(cells).splitlines()[2:]]
+    assert [r[2] for r in rows] == ["every", "every", "flush_every=32", "flush_every=32"]
+    assert rows[2][3:6] == ["2.00", "4.00", "2.00"] and rows[3][8] == "1.250"
+    text = targets(cells)
+    assert "norse-lif (every step): time <= 3.0x BPTT met at T=2000, not at T=20" in text
+    assert "norse-lif (flush_every=32): time <= 3.0x BPTT met at T=20, T=2000" in text
+    assert "memory at T=2000 <= 1.1x T=20 not met (1.250)" in text
+    assert _check([*_cells((3.0, 3.0), (1.0, 1.0), steps=(10, 100)),
+                   Cell("norse-lif", "ostl/32", 10, 3.0, 100.0),
+                   Cell("norse-lif", "ostl/32", 100, 30.0, 100.0)]) == 1  # fmt: skip
 
 
 def test_targets_say_where_they_are_met():

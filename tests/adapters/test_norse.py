@@ -717,3 +717,24 @@ def test_every_norse_adapter_is_registered_and_documented():
         if entry.adapter.framework == "norse":
             assert isinstance(entry.adapter, NorseCellAdapter)
             assert entry.examples, entry.module_type
+
+
+@pytest.mark.parametrize(("adapter", "make"), EXAMPLES, ids=IDS)
+def test_flush_every_equals_oracle(adapter, make):
+    """Per-synapse history terms flushed every 3 steps: still the oracle's gradient."""
+    torch.manual_seed(1)
+    model = Layers(adapter, make, depth=2)
+    x, target = _tune(model, adapter)
+    rates: list = []
+    run = _runner(model, x, target, rates)
+    _take_p_grads(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grads, owners, order = ostl_gradients(model, run, flush_every=3)
+    _take_p_grads(model)
+    if adapter.spiking:
+        assert_spiking(_rates(rates), "two layers")
+    reference = oracle_gradients(model, run, owners, order)
+    grads = {n: g for n, g in grads.items() if n in reference}
+    assert grads
+    assert max(compare(grads, reference).values()) <= TOL

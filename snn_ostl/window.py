@@ -1,0 +1,331 @@
+"""Per-synapse history terms added to ``.grad`` every few steps instead of every step (exact).
+
+With ``OSTL(model, flush_every=W)`` a per-synapse weight no longer contracts and advances its
+``[N, B, I]`` trace at every step, which costs one read and one write of the largest tensor OSTL
+keeps. The window keeps the trace of an older step, the base ``e_b``, plus the small factors of
+each later step (:class:`snn_ostl.per_synapse.PerSynapseStep`: ``e_τ = A_τ e_{τ-1} + U_τ`` with
+``A_τ`` per neuron and ``U_τ = Σ coef ⊗ vec``), and each step's backward only records its state
+gradient ``L_{τ}`` (the ``ĝ`` that step τ+1's backward contracts with ``e_τ``).
+
+A flush adds ``Σ_τ L_τ · e_τ`` to ``.grad`` without forming any ``e_τ``. With the adjoint
+``λ_τ = L_τ + A_{τ+1}ᵀ λ_{τ+1}`` (a backward sweep over per-neuron factors, ``[N, B]``)::
+
+    Σ_{τ=b..l} L_τ · e_τ = λ_b · e_b + Σ_{τ=b+1..l} λ_τ · U_τ
+
+The first term is one pass over the base; the second is one matrix product over all the
+window's (coefficient, input) pairs. The base then moves forward to step m in the same pass:
+``e_m = P(m, b) e_b + Σ_τ P(m, τ) U_τ`` with ``P`` the product of the ``A`` (per neuron) and
+the sum a batched matrix product. Per step that is ``2/W`` passes over the trace instead of two:
+exact up to the order of floating-point sums, never an approximation.
+
+Until a flush the per-synapse weights' ``.grad`` lacks their latest history terms. The learner
+flushes every ``W`` steps, before every ``optimizer.step()`` (a global optimizer hook), on
+``learner.flush()``, ``learner.reset()`` and ``learner.detach()``. Shape letters are defined in
+:mod:`snn_ostl.derivatives`; traces are neuron-major ``[N, B, I]``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from snn_ostl.derivatives import Partial
+from snn_ostl.errors import StateError
+from snn_ostl.per_synapse import PerSynapseStep
+
+__all__ = ["PLACEHOLDER", "Window", "WindowRef"]
+
+Pairs = list[tuple[Partial, Tensor]]  # (coefficient [B, N] or a number, input [B, I])
+
+#: Stands in the layer's trace list for the per-synapse traces a window keeps: the next step's
+#: plan only asks whether such a trace exists (:func:`snn_ostl.per_synapse.plan`).
+PLACEHOLDER = torch.empty(0)
+
+
+class WindowRef:
+    """What one step's backward holds: the window and which trace ``e_τ`` it contracts."""
+
+    __slots__ = ("__weakref__", "index", "ran", "traces", "window")
+
+    def __init__(self, window: Window, index: int, traces: list) -> None:
+        self.window, self.index, self.traces = window, index, traces
+        #: Set by the first backward through the step; its trace is then no longer held back.
+        self.ran = False
+
+
+def _nbytes(t: Partial) -> int:
+    return t.numel() * t.element_size() if isinstance(t, Tensor) else 0
+
+
+def _plan_bytes(plan: PerSynapseStep) -> int:
+    total = sum(_nbytes(s) for row in plan.rows.values() for _, s in row)
+    return total + sum(_nbytes(c) + _nbytes(v) for p in plan.broadcast.values() for c, v in p)
+
+
+def _mul(a: Partial, b: Partial) -> Partial:
+    if isinstance(b, (int, float)) and b == 1:
+        return a
+    return a * b
+
+
+def _add(a: Partial, b: Partial) -> Partial:
+    return b if a is None else a + b
+
+
+def _full(c: Partial, like: Tensor, batch: int, neurons: int) -> Tensor:
+    if isinstance(c, Tensor):
+        return c.expand(batch, neurons)
+    return like.new_full((batch, neurons), c)
+
+
+def _stack(pairs: Pairs, batch: int, neurons: int, neuron_major: bool) -> tuple[Tensor, Tensor]:
+    """Pairs -> coefficients ``[B, N, M]`` (or ``[N, B, M]``) and inputs ``[B, M, I]``."""
+    like = pairs[0][1]
+    coefs = [_full(c, like, batch, neurons) for c, _ in pairs]
+    if neuron_major:
+        coefs = [c.t() for c in coefs]
+    return torch.stack(coefs, dim=2), torch.stack([v for _, v in pairs], dim=1)
+
+
+class Window:
+    """The per-synapse trace of one weight, kept as a base step plus the factors of later steps.
+
+    The window starts at the zero trace before a sequence's first step; the base is allocated
+    by the first flush that moves it. Layout: batch-major ``[B, N, I]``, factors ``[B, N]``.
+
+    Args:
+        param: The weight; a flush adds to its ``.grad``.
+        states: The per-synapse state indices.
+        presynaptic: The states kept as filtered inputs ``[B, I]``.
+        every: Flush once the base may move this many steps.
+        where: Module path, for error messages.
+    """
+
+    def __init__(
+        self,
+        param: nn.Parameter,
+        states: Sequence[int],
+        presynaptic: frozenset,
+        every: int,
+        where: str,
+    ) -> None:
+        self.param, self.states, self.presynaptic = param, tuple(states), presynaptic
+        self.every, self.where = every, where
+        self.base: dict[int, Tensor] | None = None  # None: the zero trace
+        self.index = 0  # step of the base trace
+        self.plans: list[PerSynapseStep] = []  # plans[i] advances step index+i to index+i+1
+        self.slots: dict[int, dict[int, Tensor]] = {}  # step τ -> state -> L_τ [B, N]
+        #: Step τ -> the traces its backward contracts (presynaptic states' inputs ``[B, I]``).
+        self.inputs: dict[int, list] = {}
+        self.closed = False
+        self._refs: weakref.WeakSet[WindowRef] = weakref.WeakSet()
+        self._bytes = 0
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def latest(self) -> int:
+        """Step of the newest trace."""
+        return self.index + len(self.plans)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the factors and gradients waiting for a flush (not the base)."""
+        return self._bytes
+
+    @property
+    def base_bytes(self) -> int:
+        """Memory of the base trace."""
+        return sum(map(_nbytes, self.base.values())) if self.base else 0
+
+    def push(self, plan: PerSynapseStep) -> None:
+        """Add the next step's factors (planned with ``batch_major=True``)."""
+        self.plans.append(plan)
+        self._bytes += _plan_bytes(plan)
+
+    def ref(self, traces: list) -> WindowRef:
+        """A handle on the newest trace for the next step's backward."""
+        ref = WindowRef(self, self.latest, traces)
+        self._refs.add(ref)
+        return ref
+
+    def needed(self) -> int:
+        """The oldest step whose trace a backward that has not run yet may still contract."""
+        waiting = [r.index for r in self._refs if not r.ran]
+        return min([self.latest, *waiting])
+
+    def due(self) -> bool:
+        """Whether the base may move ``every`` steps forward."""
+        return self.needed() - self.index >= self.every
+
+    def add(self, ref: WindowRef, grads: dict[int, Tensor]) -> None:
+        """Record the state gradients ``L_τ`` (``[B, N]`` per state) of ``ref``'s step."""
+        if ref.index < self.index:
+            raise StateError(
+                f"{self.where}: a backward pass reached step {ref.index} of the sequence, but the "
+                f"per-synapse traces were already flushed up to step {self.index} "
+                "(OSTL(..., flush_every=...)). Backpropagate each step before the next flush "
+                "(before optimizer.step(), learner.flush() or learner.reset()), or use "
+                "flush_every=1."
+            )
+        ref.ran = True
+        self.inputs[ref.index] = ref.traces
+        slot = self.slots.setdefault(ref.index, {})
+        for k, g in grads.items():
+            g = g.reshape(g.shape[0], -1)
+            self._bytes += _nbytes(g)
+            slot[k] = g if k not in slot else slot[k] + g
+        if self.closed:  # the learner was reset or detached: nobody else will flush
+            self.flush(self.index)
+
+    def close(self) -> None:
+        """Flush what can be flushed; later backward passes flush themselves."""
+        self.flush(self.needed())
+        self.closed = True
+
+    # ------------------------------------------------------------------ the maths
+    def _adjoint(self) -> tuple[dict[int, Tensor], Pairs]:
+        """``λ_b`` per state, and the pairs of every other term, merged per input vector.
+
+        The other terms are ``λ_τ · U_τ`` for ``τ > b`` and the presynaptic states' own
+        contractions ``L^k_τ · x̄^k_τ``; they often share the input (Norse's current trace is
+        both), so their coefficients are summed before the one matrix product.
+        """
+        lam: dict[int, Tensor] = {}
+        merged: dict[int, list] = {}  # id(input) -> [coefficient, input]
+
+        def pair(coef: Partial, vec: Tensor) -> None:
+            slot = merged.setdefault(id(vec), [None, vec])
+            slot[0] = _add(slot[0], coef)
+
+        for step in range(self.latest, self.index - 1, -1):
+            for k, g in self.slots.get(step, {}).items():
+                if k in self.presynaptic:
+                    vec = self.inputs[step][k]
+                    if vec is not None:  # None: the synapse does not reach this state
+                        pair(g, vec)
+                else:
+                    lam[k] = _add(lam.get(k), g)
+            if step == self.index or not lam:
+                continue
+            plan = self.plans[step - self.index - 1]
+            for k, lk in lam.items():
+                for c, v in plan.broadcast[k]:
+                    pair(_mul(lk, c), v)
+            new: dict[int, Tensor] = {}
+            for k, lk in lam.items():
+                for j, scale in plan.rows[k]:
+                    new[j] = _add(new.get(j), _mul(lk, scale))
+            lam = new
+        return lam, [(c, v) for c, v in merged.values()]
+
+    def _propagator(self, target: int) -> tuple[dict[tuple[int, int], Partial], dict[int, Pairs]]:
+        """``P(target, b)`` per (m, k) and, per state m, the pairs of ``Σ_τ P(target, τ) U_τ``."""
+        prop: dict[tuple[int, int], Partial] = {(m, m): 1.0 for m in self.states}
+        pairs: dict[int, Pairs] = {m: [] for m in self.states}
+        for step in range(target, self.index, -1):
+            plan = self.plans[step - self.index - 1]
+            for (m, k), q in prop.items():
+                pairs[m] += [(_mul(q, c), v) for c, v in plan.broadcast[k]]
+            new: dict[tuple[int, int], Partial] = {}
+            for (m, k), q in prop.items():
+                for j, scale in plan.rows[k]:
+                    new[(m, j)] = _add(new.get((m, j)), _mul(q, scale))
+            prop = new
+        return prop, pairs
+
+    def flush(self, target: int) -> None:
+        """Add every recorded history term to ``.grad`` and move the base to step ``target``."""
+        if not self.index <= target <= self.latest:
+            raise ValueError(f"flush target {target} outside [{self.index}, {self.latest}]")
+        if not self.slots and target == self.index:
+            return
+        with torch.no_grad():
+            grad = self._gradient() if self.slots else None
+            if target > self.index:
+                self._advance(target)
+            if grad is not None:
+                self._accumulate(grad)
+        self.slots.clear()
+        self.inputs = {s: v for s, v in self.inputs.items() if s >= target}
+        del self.plans[: target - self.index]
+        self.index = target
+        self._bytes = sum(map(_plan_bytes, self.plans))
+
+    @property
+    def _shape(self) -> tuple[int, int, int]:
+        plan = self.plans[0] if self.plans else None
+        if plan is not None:
+            return plan.shape[1], plan.shape[0], plan.shape[2]
+        batch, neurons, width = next(iter(self.base.values())).shape
+        return batch, neurons, width
+
+    def _gradient(self) -> Tensor | None:
+        """``Σ_τ L_τ · e_τ`` over the window, as ``[N, I]``."""
+        lam, pairs = self._adjoint()
+        batch, neurons, width = self._shape
+        grad = None
+        if pairs:
+            coefs, inputs = _stack(pairs, batch, neurons, neuron_major=True)
+            grad = coefs.reshape(neurons, -1) @ inputs.reshape(-1, width)
+        if self.base is None:  # the zero trace
+            return grad
+        for k, lk in lam.items():  # λ_b · e_b
+            base = self.base[k]  # [B, N, I]
+            if base.device.type == "cpu":
+                # one sample at a time: each [N, I] slice is read once, while in cache, and
+                # nothing of the base's size is allocated
+                part = torch.zeros_like(base[0])
+                for b in range(batch):
+                    part.addcmul_(base[b], lk[b, :, None])
+            else:
+                part = torch.einsum("bn,bni->ni", lk, base)
+            grad = part if grad is None else grad + part
+        return grad
+
+    def _advance(self, target: int) -> None:
+        """``e_target = P(target, b) e_b + Σ_τ P(target, τ) U_τ``, in the base tensors."""
+        prop, pairs = self._propagator(target)
+        batch, neurons, _ = self._shape
+        base = self.base
+        new: dict[int, Tensor | None] = {}
+        if base is None:
+            new = dict.fromkeys(self.states)
+        elif any(m != k for m, k in prop):  # a state reads another's old trace: new tensors
+            for m in self.states:
+                terms = [
+                    base[k] * (q[..., None] if isinstance(q, Tensor) else q)
+                    for (mm, k), q in prop.items()
+                    if mm == m
+                ]
+                new[m] = torch.stack(terms).sum(0) if terms else None
+        else:
+            for m in self.states:
+                q = prop.get((m, m))
+                if q is None:
+                    base[m].zero_()
+                elif isinstance(q, Tensor):
+                    base[m].mul_(q[..., None])
+                elif q != 1.0:
+                    base[m].mul_(q)
+            new = dict(base)
+        for m in self.states:
+            if pairs[m]:
+                coefs, inputs = _stack(pairs[m], batch, neurons, neuron_major=False)
+                if new[m] is None:
+                    new[m] = torch.bmm(coefs, inputs)  # [B, N, M] @ [B, M, I]
+                else:
+                    new[m].baddbmm_(coefs, inputs)
+            elif new[m] is None:
+                like = self.plans[0].like
+                new[m] = like.new_zeros(batch, neurons, like.shape[1])
+        self.base = new
+
+    def _accumulate(self, grad: Tensor) -> None:
+        grad = grad.reshape(self.param.shape).to(self.param.dtype)
+        if self.param.grad is None:
+            self.param.grad = grad
+        else:
+            self.param.grad.add_(grad)

@@ -1,0 +1,144 @@
+"""``OSTL(flush_every=W)``: per-synapse history terms added to .grad every W steps, exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_spiking
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nets import StackNet, data, mean_rates, stack_runner
+
+import snn_ostl
+from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+
+TOL = 1e-10
+
+
+def _net(seed: int = 0) -> StackNet:
+    torch.manual_seed(seed)
+    return StackNet([8, 6, 5], threshold=0.3)  # feed-forward SNU: per-synapse traces
+
+
+def _grouped(run, every: int):
+    """Losses summed over ``every`` steps: one backward per group (1: every step)."""
+
+    def losses():
+        held = None
+        for t, loss in enumerate(run()):
+            held = loss if held is None else held + loss
+            if (t + 1) % every == 0:
+                yield held
+                held = None
+        if held is not None:
+            yield held
+
+    return losses
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    flush_every=st.integers(2, 20),
+    backward_every=st.integers(1, 13),
+    steps=st.integers(2, 15),
+    seed=st.integers(0, 3),
+)
+def test_any_flush_interval_and_backward_pattern_equals_oracle(
+    flush_every, backward_every, steps, seed
+):
+    """Flushes before, at and after the end; a backward every step, every few steps, at the end."""
+    net = _net(seed)
+    x, target = data(steps=steps, seed=seed)
+    rates: list = []
+    run = stack_runner(net, x, target, rates)
+    grads, owners, order = ostl_gradients(
+        net, _grouped(run, backward_every), flush_every=flush_every
+    )
+    assert_spiking(mean_rates(rates))
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL
+
+
+def _reference(net, run):
+    _, owners, order = ostl_gradients(net, run)
+    return oracle_gradients(net, run, owners, order)
+
+
+def test_grad_waits_for_the_flush_and_optimizer_step_flushes():
+    """Between flushes the weight lacks its history terms; optimizer.step() adds them first."""
+    net = _net()
+    x, target = data(steps=10)
+    run = stack_runner(net, x, target)
+    reference = _reference(net, run)
+    weight = net.cells[0].weight
+    before = weight.detach().clone()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    optimizer.zero_grad(set_to_none=True)
+    with snn_ostl.OSTL(net, flush_every=100) as learner:
+        learner.reset()
+        for loss in run():
+            loss.backward()
+        partial = weight.grad.clone()  # the instantaneous terms only, so far
+        assert (partial - reference["cells.0.weight"]).abs().max() > 1e-6
+        optimizer.step()
+    torch.testing.assert_close(
+        before - weight.detach(), reference["cells.0.weight"], rtol=1e-10, atol=1e-12
+    )
+
+
+def test_flush_reset_and_detach_add_the_pending_terms():
+    net = _net()
+    x, target = data(steps=9)
+    run = stack_runner(net, x, target)
+    reference = _reference(net, run)["cells.0.weight"]
+    weight = net.cells[0].weight
+    for finish in ("flush", "reset", "detach"):
+        weight.grad = None
+        learner = snn_ostl.OSTL(net, flush_every=50)
+        learner.reset()
+        for loss in run():
+            loss.backward()
+        getattr(learner, finish)()
+        torch.testing.assert_close(weight.grad, reference, rtol=1e-10, atol=1e-12)
+        if learner.attached:
+            learner.detach()  # a second flush adds nothing
+            torch.testing.assert_close(weight.grad, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_window_stays_bounded_and_holds_one_base():
+    """With a backward every step the window keeps at most W steps of factors."""
+    net = _net()
+    x, target = data(steps=40)
+    run = stack_runner(net, x, target)
+    with snn_ostl.OSTL(net, flush_every=4) as learner:
+        learner.reset()
+        sizes, bases = [], set()
+        for loss in run():
+            loss.backward()
+            window = learner.layers["cells.0"].groups[0].window
+            sizes.append(len(window.plans))
+            if window.base is not None:
+                bases.update(t.data_ptr() for t in window.base.values())
+        assert max(sizes) <= 5 and len(bases) == 1
+        assert "every 4 steps" in learner.summary()
+
+
+def test_second_backward_after_a_flush_is_refused():
+    net = _net()
+    x, target = data(steps=4)
+    with snn_ostl.OSTL(net, flush_every=8) as learner:
+        learner.reset()
+        states = [None, None]
+        for t in range(3):
+            out, states = net(x[t], states)
+            loss = ((out - target[t]) ** 2).sum()
+            loss.backward(retain_graph=True)
+        learner.flush()
+        with pytest.raises(snn_ostl.StateError, match="already flushed"):
+            loss.backward()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_flush_every_must_be_a_whole_number(bad):
+    with pytest.raises(ValueError, match="flush_every"):
+        snn_ostl.OSTL(_net(), flush_every=bad)
