@@ -8,7 +8,7 @@ built three ways: snnTorch ``Leaky`` (factorised, fused presynaptic traces), Nor
 
 ``--check`` runs a small configuration and fails when the ratios regress past generous
 bounds: a regression check on ratios, never on absolute times. Per-synapse networks are also
-timed with ``OSTL(flush_every=W)`` (``--flush-every``, 32 by default), where their history
+timed with ``OSTL(flush_every=W)`` (``--flush-every``, 16 by default), where their history
 terms reach ``.grad`` every W steps and before each optimizer step (:mod:`snn_ostl.window`).
 """
 
@@ -292,7 +292,7 @@ def _parse(argv):
     p.add_argument("--timeout", type=float, default=900, help="seconds per cell before skipping")
     p.add_argument("--bptt-max-steps", type=int, default=2000,
                    help="skip BPTT above this T (it stores the whole sequence)")  # fmt: skip
-    p.add_argument("--flush-every", type=int, default=32,
+    p.add_argument("--flush-every", type=int, default=16,
                    help="also time per-synapse nets with flush_every=N; 1: no")  # fmt: skip
     p.add_argument("--out", default=None, help="write the table and a JSON file here")
     p.add_argument(

@@ -75,19 +75,31 @@ def _add(a: Partial, b: Partial) -> Partial:
     return b if a is None else a + b
 
 
-def _full(c: Partial, like: Tensor, batch: int, neurons: int) -> Tensor:
-    if isinstance(c, Tensor):
-        return c.expand(batch, neurons)
-    return like.new_full((batch, neurons), c)
+class _Columns:
+    """The distinct input vectors of one flush, stacked once as ``[B, M, I]``.
 
+    The gradient's pairs and the advance's pairs share most inputs (every step's input and
+    filtered inputs), so both matrix products read the same stack.
+    """
 
-def _stack(pairs: Pairs, batch: int, neurons: int, neuron_major: bool) -> tuple[Tensor, Tensor]:
-    """Pairs -> coefficients ``[B, N, M]`` (or ``[N, B, M]``) and inputs ``[B, M, I]``."""
-    like = pairs[0][1]
-    coefs = [_full(c, like, batch, neurons) for c, _ in pairs]
-    if neuron_major:
-        coefs = [c.t() for c in coefs]
-    return torch.stack(coefs, dim=2), torch.stack([v for _, v in pairs], dim=1)
+    def __init__(self, pairs: Pairs) -> None:
+        vecs: dict[int, Tensor] = {}
+        for _, v in pairs:
+            vecs.setdefault(id(v), v)
+        self.column = {key: i for i, key in enumerate(vecs)}
+        self.inputs = torch.stack(list(vecs.values()), dim=1) if vecs else None
+
+    def coefs(self, pairs: Pairs, batch: int, neurons: int, neuron_major: bool) -> Tensor:
+        """Each pair's coefficient in its input's column: ``[B, N, M]`` (or ``[N, B, M]``)."""
+        assert self.inputs is not None
+        size = self.inputs.shape[1]
+        shape = (neurons, batch, size) if neuron_major else (batch, neurons, size)
+        out = self.inputs.new_zeros(shape)
+        for c, v in pairs:
+            if neuron_major and isinstance(c, Tensor):
+                c = c.t()
+            out[..., self.column[id(v)]].add_(c)
+        return out
 
 
 class Window:
@@ -243,9 +255,12 @@ class Window:
         if not self.slots and target == self.index:
             return
         with torch.no_grad():
-            grad = self._gradient() if self.slots else None
+            lam, grad_pairs = self._adjoint() if self.slots else ({}, [])
+            prop, moves = self._propagator(target) if target > self.index else ({}, {})
+            columns = _Columns([*grad_pairs, *(p for pairs in moves.values() for p in pairs)])
+            grad = self._gradient(lam, grad_pairs, columns) if self.slots else None
             if target > self.index:
-                self._advance(target)
+                self._advance(prop, moves, columns)
             if grad is not None:
                 self._accumulate(grad)
         self.slots.clear()
@@ -262,14 +277,13 @@ class Window:
         batch, neurons, width = next(iter(self.base.values())).shape
         return batch, neurons, width
 
-    def _gradient(self) -> Tensor | None:
-        """``Σ_τ L_τ · e_τ`` over the window, as ``[N, I]``."""
-        lam, pairs = self._adjoint()
+    def _gradient(self, lam: dict[int, Tensor], pairs: Pairs, columns: _Columns) -> Tensor | None:
+        """``Σ_τ L_τ · e_τ`` over the window, as ``[N, I]``, from :meth:`_adjoint`'s output."""
         batch, neurons, width = self._shape
         grad = None
         if pairs:
-            coefs, inputs = _stack(pairs, batch, neurons, neuron_major=True)
-            grad = coefs.reshape(neurons, -1) @ inputs.reshape(-1, width)
+            coefs = columns.coefs(pairs, batch, neurons, neuron_major=True)  # [N, B, M]
+            grad = coefs.reshape(neurons, -1) @ columns.inputs.reshape(-1, width)
         if self.base is None:  # the zero trace
             return grad
         for k, lk in lam.items():  # λ_b · e_b
@@ -285,9 +299,8 @@ class Window:
             grad = part if grad is None else grad + part
         return grad
 
-    def _advance(self, target: int) -> None:
-        """``e_target = P(target, b) e_b + Σ_τ P(target, τ) U_τ``, in the base tensors."""
-        prop, pairs = self._propagator(target)
+    def _advance(self, prop, pairs: dict[int, Pairs], columns: _Columns) -> None:
+        """``e_target = P(target, b) e_b + Σ_τ P(target, τ) U_τ``, from :meth:`_propagator`."""
         batch, neurons, _ = self._shape
         base = self.base
         new: dict[int, Tensor | None] = {}
@@ -313,11 +326,11 @@ class Window:
             new = dict(base)
         for m in self.states:
             if pairs[m]:
-                coefs, inputs = _stack(pairs[m], batch, neurons, neuron_major=False)
+                coefs = columns.coefs(pairs[m], batch, neurons, neuron_major=False)
                 if new[m] is None:
-                    new[m] = torch.bmm(coefs, inputs)  # [B, N, M] @ [B, M, I]
+                    new[m] = torch.bmm(coefs, columns.inputs)  # [B, N, M] @ [B, M, I]
                 else:
-                    new[m].baddbmm_(coefs, inputs)
+                    new[m].baddbmm_(coefs, columns.inputs)
             elif new[m] is None:
                 like = self.plans[0].like
                 new[m] = like.new_zeros(batch, neurons, like.shape[1])
