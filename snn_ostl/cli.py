@@ -72,6 +72,13 @@ def _common(sub: argparse.ArgumentParser, learners: Sequence[str]) -> None:
         help="optimizer schedule: step, every:K or sequence (default)",
     )
     sub.add_argument("--learning-signal", choices=LEARNING_SIGNALS, default="backprop")
+    sub.add_argument(
+        "--flush-every",
+        type=_positive,
+        default=1,
+        help="OSTL learners: add per-synapse history terms to .grad every N steps (same "
+        "gradient, fewer passes over the traces; default 1)",
+    )
     sub.add_argument("--epochs", type=_positive)
     sub.add_argument("--lr", type=float, help="learning rate")
     sub.add_argument("--batch-size", type=_positive)
@@ -196,6 +203,7 @@ def _method(args: argparse.Namespace, learner: str, config: dict[str, Any]) -> M
         learning_signal=args.learning_signal,
         seed=args.seed,
         clip_norm=config.get("clip_norm"),
+        flush_every=args.flush_every if learner in ONLINE_LEARNERS else 1,
     )
 
 
@@ -238,6 +246,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(
             f"argument --learning-signal: {args.learning_signal!r} needs an OSTL learner "
             f"({', '.join(ONLINE_LEARNERS)}), not {args.learner!r}"
+        )
+    if args.flush_every != 1 and args.learner not in ONLINE_LEARNERS:
+        parser.error(
+            f"argument --flush-every: it sets how an OSTL learner ({', '.join(ONLINE_LEARNERS)}) "
+            f"fills .grad; {args.learner!r} has no such learner"
         )
     if args.command == "train":
         train_command(spec, _method(args, args.learner, spec.config), args.update, args.out)

@@ -99,6 +99,7 @@ class Method:
         learning_signal: The OSTL learning signal (``backprop``, ``random``, ``direct``).
         seed: Seed of the learner's random feedback matrices.
         clip_norm: Clip the gradient's total norm to this before each update (None: never).
+        flush_every: The learner's ``flush_every`` (per-synapse history terms every W steps).
     """
 
     learner: str = "ostl"
@@ -107,6 +108,7 @@ class Method:
     learning_signal: str = "backprop"
     seed: int = 0
     clip_norm: float | None = None
+    flush_every: int = 1
 
     @property
     def online(self) -> bool:
@@ -129,7 +131,11 @@ class Method:
         import snn_ostl
 
         return snn_ostl.OSTL(
-            model, variant=self.learner, learning_signal=self.learning_signal, seed=self.seed
+            model,
+            variant=self.learner,
+            learning_signal=self.learning_signal,
+            seed=self.seed,
+            flush_every=self.flush_every,
         )
 
 

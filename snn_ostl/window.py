@@ -76,10 +76,12 @@ def _add(a: Partial, b: Partial) -> Partial:
 
 
 class _Columns:
-    """The distinct input vectors of one flush, stacked once as ``[B, M, I]``.
+    """The distinct input vectors of one flush, stacked once as ``[M, B, I]``.
 
     The gradient's pairs and the advance's pairs share most inputs (every step's input and
-    filtered inputs), so both matrix products read the same stack.
+    filtered inputs), so both matrix products read the same stack. Coefficients are stacked the
+    same way, ``[M, B, N]``: contiguous copies, and both products take them as they are (the
+    batched one through transposed views that BLAS reads without a copy).
     """
 
     def __init__(self, pairs: Pairs) -> None:
@@ -87,19 +89,24 @@ class _Columns:
         for _, v in pairs:
             vecs.setdefault(id(v), v)
         self.column = {key: i for i, key in enumerate(vecs)}
-        self.inputs = torch.stack(list(vecs.values()), dim=1) if vecs else None
+        self.inputs = torch.stack(list(vecs.values())) if vecs else None
 
-    def coefs(self, pairs: Pairs, batch: int, neurons: int, neuron_major: bool) -> Tensor:
-        """Each pair's coefficient in its input's column: ``[B, N, M]`` (or ``[N, B, M]``)."""
+    def coefs(self, pairs: Pairs, batch: int, neurons: int) -> Tensor:
+        """Each pair's coefficient in its input's column (summed when several): ``[M, B, N]``."""
         assert self.inputs is not None
-        size = self.inputs.shape[1]
-        shape = (neurons, batch, size) if neuron_major else (batch, neurons, size)
-        out = self.inputs.new_zeros(shape)
+        cols: list[Partial] = [None] * self.inputs.shape[0]
         for c, v in pairs:
-            if neuron_major and isinstance(c, Tensor):
-                c = c.t()
-            out[..., self.column[id(v)]].add_(c)
-        return out
+            j = self.column[id(v)]
+            cols[j] = _add(cols[j], c)
+        like = self.inputs
+        return torch.stack(
+            [
+                c.expand(batch, neurons)
+                if isinstance(c, Tensor)
+                else like.new_full((batch, neurons), c or 0.0)
+                for c in cols
+            ]
+        )
 
 
 class Window:
@@ -282,8 +289,8 @@ class Window:
         batch, neurons, width = self._shape
         grad = None
         if pairs:
-            coefs = columns.coefs(pairs, batch, neurons, neuron_major=True)  # [N, B, M]
-            grad = coefs.reshape(neurons, -1) @ columns.inputs.reshape(-1, width)
+            coefs = columns.coefs(pairs, batch, neurons)  # [M, B, N]
+            grad = coefs.reshape(-1, neurons).t() @ columns.inputs.reshape(-1, width)
         if self.base is None:  # the zero trace
             return grad
         for k, lk in lam.items():  # λ_b · e_b
@@ -326,11 +333,13 @@ class Window:
             new = dict(base)
         for m in self.states:
             if pairs[m]:
-                coefs = columns.coefs(pairs[m], batch, neurons, neuron_major=False)
+                # per sample: [N, M] @ [M, I]
+                coefs = columns.coefs(pairs[m], batch, neurons).permute(1, 2, 0)
+                inputs = columns.inputs.permute(1, 0, 2)
                 if new[m] is None:
-                    new[m] = torch.bmm(coefs, columns.inputs)  # [B, N, M] @ [B, M, I]
+                    new[m] = torch.bmm(coefs, inputs)
                 else:
-                    new[m].baddbmm_(coefs, columns.inputs)
+                    new[m].baddbmm_(coefs, inputs)
             elif new[m] is None:
                 like = self.plans[0].like
                 new[m] = like.new_zeros(batch, neurons, like.shape[1])

@@ -95,6 +95,31 @@ for name in grads:
     print(f"{name:10s} {to_oracle[name]:10.1e} {to_bptt[name]:10.1e}")
 
 # %%
+# Flushing every few steps
+# ------------------------
+#
+# The per-synapse trace of the LIF layer is ``[neurons, batch, inputs]``, the largest tensor the
+# learner keeps, and by default every step's backward reads and rewrites it. When the optimizer
+# steps only once per sequence, ``OSTL(model, flush_every=W)`` records each step's state gradient
+# instead and adds the history terms of ``W`` steps at once, in matrix products. The gradient is
+# the same (only the order of floating-point sums differs); what changes is *when* ``.grad``
+# holds it: every ``W`` steps, before every ``optimizer.step()``, and on ``learner.flush()``.
+
+flushed, _, _ = testing.ostl_gradients(model64, run, flush_every=8)  # detach() flushes
+print(f"flush_every=8 vs every step: {max(testing.compare(flushed, grads).values()):.1e}")
+
+with snn_ostl.OSTL(model64, flush_every=100) as learner:
+    learner.reset()
+    for loss in run():
+        loss.backward()
+    weight = model64[0].weight
+    before = (weight.grad - grads["0.weight"]).abs().max()
+    learner.flush()  # optimizer.step() would do the same first
+    after = (weight.grad - grads["0.weight"]).abs().max()
+print(f"LIF synapse .grad off by {before:.1e} before the flush, {after:.1e} after it")
+model64.zero_grad()
+
+# %%
 # Training
 # --------
 #

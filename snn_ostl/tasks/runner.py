@@ -162,6 +162,7 @@ def gradient_agreement(spec: RunSpec, data: TaskData, method: Method) -> dict[st
         variant=method.learner,
         learning_signal=method.learning_signal,
         seed=method.seed,
+        flush_every=method.flush_every,
     )
     for p in model.parameters():
         p.grad = None

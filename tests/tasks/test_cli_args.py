@@ -41,6 +41,12 @@ def _exit_code(argv: list[str]) -> int:
         (["demo", "--framework", "jax"], "--framework", "snntorch"),
         (["train", "--task", "digits", "--loss-on", "last"], "--loss-on", "speech"),
         (["train", "--task", "speech", "--loss-on", "first"], "--loss-on", "last"),
+        (["train", "--task", "digits", "--flush-every", "0"], "--flush-every", "positive"),
+        (
+            ["train", "--task", "digits", "--learner", "bptt", "--flush-every", "4"],
+            "--flush-every",
+            "ostl",
+        ),
         (["frobnicate"], "invalid choice", "demo"),
     ],
 )
