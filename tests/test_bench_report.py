@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from snn_ostl.bench import Cell, _check, render, targets
+from snn_ostl.bench_table import Cell, best_of_rounds, check, render, targets
 
 
 def _cells(ostl_ms, bptt_ms, mib=(100.0, 101.0), network="norse-lif", steps=(20, 2000)):
@@ -32,7 +32,7 @@ def test_flush_rows_have_their_own_ratios_and_target_lines():
     assert "norse-lif (every step): time <= 3.0x BPTT met at T=2000, not at T=20" in text
     assert "norse-lif (flush_every=32): time <= 3.0x BPTT met at T=20, T=2000" in text
     assert "memory at T=2000 <= 1.1x T=20 not met (1.250)" in text
-    assert _check([*_cells((3.0, 3.0), (1.0, 1.0), steps=(10, 100)),
+    assert check([*_cells((3.0, 3.0), (1.0, 1.0), steps=(10, 100)),
                    Cell("norse-lif", "ostl/32", 10, 3.0, 100.0),
                    Cell("norse-lif", "ostl/32", 100, 30.0, 100.0)]) == 1  # fmt: skip
 
@@ -49,10 +49,26 @@ def test_targets_say_where_they_are_met():
 
 def test_check_fails_on_a_ratio_or_memory_regression(capsys):
     ok = _cells((3.0, 3.0), (1.0, 1.0), steps=(10, 100))
-    assert _check(ok) == 0
+    assert check(ok) == 0
     slow = _cells((3.0, 30.0), (1.0, 1.0), steps=(10, 100))
-    assert _check(slow) == 1
+    assert check(slow) == 1
     growing = _cells((3.0, 3.0), (1.0, 1.0), mib=(100.0, 200.0), steps=(10, 100))
-    assert _check(growing) == 1
+    assert check(growing) == 1
     out = capsys.readouterr().out
     assert "time ratio 30.00 > 7.0" in out and "memory grew 2.00x" in out
+
+
+def test_rounds_keep_the_fastest_time_and_the_largest_memory():
+    cells = [
+        Cell("norse-lif", "ostl", 20, 9.0, 400.0),
+        Cell("norse-lif", "bptt", 20, 3.0, 300.0),
+        Cell("norse-lif", "ostl", 20, 7.0, 410.0),
+        Cell("norse-lif", "bptt", 20, 4.0, 290.0),
+        Cell("norse-lif", "bptt", 2000, None, None, "BPTT skipped (memory)"),
+        Cell("norse-lif", "bptt", 2000, None, None, "BPTT skipped (memory)"),
+    ]
+    best = {(c.method, c.steps): c for c in best_of_rounds(cells)}
+    assert len(best) == 3
+    assert (best["ostl", 20].ms_per_step, best["ostl", 20].peak_mib) == (7.0, 410.0)
+    assert (best["bptt", 20].ms_per_step, best["bptt", 20].peak_mib) == (3.0, 300.0)
+    assert best["bptt", 2000].note == "BPTT skipped (memory)"

@@ -1,0 +1,180 @@
+"""The benchmark's cells and what is printed from them: table, target lines, regression check.
+
+Kept apart from :mod:`snn_ostl.bench` (which runs the cells) so that the reporting can be
+tested on made-up cells, without timing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CHECK_BOUNDS",
+    "MEMORY_TARGET",
+    "TIME_TARGETS",
+    "Cell",
+    "best_of_rounds",
+    "check",
+    "render",
+    "targets",
+]
+
+
+@dataclass
+class Cell:
+    """One measurement."""
+
+    network: str
+    method: str
+    steps: int
+    ms_per_step: float | None
+    peak_mib: float | None
+    note: str = ""
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def best_of_rounds(cells: list[Cell]) -> list[Cell]:
+    """One cell per (network, method, T): the fastest round's time, the largest peak memory.
+
+    Rounds run every cell once in turn, so a slow spell of a shared machine hits one round of a
+    cell rather than all of its repeats; memory keeps its worst case.
+    """
+    best: dict[tuple[str, str, int], Cell] = {}
+    for c in cells:
+        key = (c.network, c.method, c.steps)
+        old = best.get(key)
+        if old is None or old.ms_per_step is None:
+            best[key] = c
+        elif c.ms_per_step is not None:
+            peaks = [p for p in (old.peak_mib, c.peak_mib) if p is not None]
+            fastest = c if c.ms_per_step < old.ms_per_step else old
+            best[key] = Cell(*key, fastest.ms_per_step, max(peaks) if peaks else None, fastest.note)
+    return list(best.values())
+
+
+def _variants(cells: list[Cell], network: str) -> list[str]:
+    """The OSTL methods measured for ``network``: ``ostl`` first, then ``ostl/W``."""
+    found = {c.method for c in cells if c.network == network and c.method.startswith("ostl")}
+    return sorted(found, key=lambda m: (m != "ostl", m))
+
+
+def _label(method: str) -> str:
+    """How a row says when its per-synapse history terms reach ``.grad``."""
+    every = method.partition("/")[2]
+    return f"flush_every={every}" if every else "every step"
+
+
+def render(cells: list[Cell]) -> str:
+    """The benchmark table, with OSTL/BPTT ratios and OSTL's memory growth over T."""
+    rows = []
+    header = ("network", "T", "OSTL .grad", "BPTT ms/step", "OSTL ms/step", "time ratio",
+              "BPTT peak MiB", "OSTL peak MiB", "OSTL mem / mem at min T", "note")  # fmt: skip
+    by = {(c.network, c.method, c.steps): c for c in cells}
+    for network in dict.fromkeys(c.network for c in cells):
+        steps_list = sorted({c.steps for c in cells if c.network == network})
+        for method in _variants(cells, network):
+            base = by.get((network, method, steps_list[0]))
+            for steps in steps_list:
+                b, o = by.get((network, "bptt", steps)), by.get((network, method, steps))
+                ratio = (
+                    o.ms_per_step / b.ms_per_step
+                    if b and o and b.ms_per_step and o.ms_per_step
+                    else None
+                )
+                growth = (
+                    o.peak_mib / base.peak_mib
+                    if o and base and o.peak_mib and base.peak_mib
+                    else None
+                )
+                note = "; ".join(x for x in (b.note if b else "", o.note if o else "") if x)
+                rows.append((network, str(steps), _label(method), _fmt(b and b.ms_per_step, ".2f"),
+                             _fmt(o and o.ms_per_step, ".2f"), _fmt(ratio, ".2f"),
+                             _fmt(b and b.peak_mib, ".0f"), _fmt(o and o.peak_mib, ".0f"),
+                             _fmt(growth, ".3f"), note))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("-" * len(lines[0]))
+    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+#: SPEC §6: OSTL/BPTT time per step for each network's trace form, and memory growth over T.
+TIME_TARGETS = {"snntorch-leaky": 1.0, "norse-lif": 3.0, "native-snu": 3.0}
+MEMORY_TARGET = 1.1
+
+
+def _verdict(met: list[str], missed: list[str]) -> str:
+    if not missed:
+        return f"met at {', '.join(met)}"
+    if not met:
+        return f"not met ({', '.join(missed)})"
+    return f"met at {', '.join(met)}, not at {', '.join(missed)}"
+
+
+def targets(cells: list[Cell]) -> str:
+    """One line per network and OSTL method: which of SPEC §6's targets the cells meet."""
+    by = {(c.network, c.method, c.steps): c for c in cells}
+    lines = []
+    for network in dict.fromkeys(c.network for c in cells):
+        steps_list = sorted({c.steps for c in cells if c.network == network})
+        variants = _variants(cells, network)
+        for method in variants:
+            met, missed = [], []
+            for steps in steps_list:
+                b, o = by.get((network, "bptt", steps)), by.get((network, method, steps))
+                if b and o and b.ms_per_step and o.ms_per_step and network in TIME_TARGETS:
+                    ok = o.ms_per_step / b.ms_per_step <= TIME_TARGETS[network]
+                    (met if ok else missed).append(f"T={steps}")
+            parts = []
+            if network in TIME_TARGETS and (met or missed):
+                limit = TIME_TARGETS[network]
+                parts.append(f"time <= {limit:.1f}x BPTT {_verdict(met, missed)}")
+            first = by.get((network, method, steps_list[0]))
+            last = by.get((network, method, steps_list[-1]))
+            if len(steps_list) > 1 and first and last and first.peak_mib and last.peak_mib:
+                growth = last.peak_mib / first.peak_mib
+                verdict = "met" if growth <= MEMORY_TARGET else "not met"
+                parts.append(
+                    f"memory at T={steps_list[-1]} <= {MEMORY_TARGET}x T={steps_list[0]} "
+                    f"{verdict} ({growth:.3f})"
+                )
+            if parts:
+                name = network if len(variants) == 1 else f"{network} ({_label(method)})"
+                lines.append(f"{name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+# OSTL/BPTT time ratios at the check's small size, where fixed per-step costs dominate. Runs on
+# the 2-core machine differed by up to 2x (Leaky worst seen: 3.0; Norse and SNU since the fused
+# per-synapse advance: 2.7-4.1 and 2.8-3.2, with another job on one core). The bounds sit well
+# above the worst seen: they catch a change of trace form or an O(T) cost, not noise.
+CHECK_BOUNDS = {"snntorch-leaky": 6.0, "norse-lif": 7.0, "native-snu": 8.0}
+
+
+def check(cells: list[Cell]) -> int:
+    failures = []
+    by = {(c.network, c.method, c.steps): c for c in cells}
+    for network, bound in CHECK_BOUNDS.items():
+        for method in _variants(cells, network):
+            o, b = by.get((network, method, 100)), by.get((network, "bptt", 100))
+            short = by.get((network, method, 10))
+            if not (o and b and short) or None in (o.ms_per_step, b.ms_per_step):
+                continue
+            name = network if method == "ostl" else f"{network} ({_label(method)})"
+            ratio = o.ms_per_step / b.ms_per_step
+            if ratio > bound:
+                failures.append(f"{name}: OSTL/BPTT time ratio {ratio:.2f} > {bound}")
+            growth = o.peak_mib / short.peak_mib
+            if growth > 1.1:
+                failures.append(f"{name}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
+            slowdown = o.ms_per_step / short.ms_per_step
+            if slowdown > 2.5:
+                failures.append(f"{name}: OSTL time per step grew {slowdown:.2f}x from T=10 to 100")
+    for f in failures:
+        print("bench check FAILED:", f)
+    if not failures:
+        print("bench check passed")
+    return 1 if failures else 0
