@@ -120,19 +120,21 @@ def measure(
     # "ostl/32": per-synapse history terms flushed into .grad every 32 steps
     flush_every = int(method.partition("/")[2] or 1)
 
+    # One learner for every run, reset before each sequence, as in a training loop.
+    learner = snn_ostl.OSTL(model, flush_every=flush_every) if method != "bptt" else None
+
     def run_ostl(n: int) -> float:
-        with snn_ostl.OSTL(model, flush_every=flush_every) as learner:
-            learner.reset()
-            reset(model)
-            state = None
-            sync()
-            start = time.perf_counter()
-            for t in range(n):
-                out, state = step(model, inputs(t), state)
-                loss_fn(out, targets[t]).backward()
-            learner.flush()  # timed: .grad is complete here
-            sync()
-            return time.perf_counter() - start
+        learner.reset()
+        reset(model)
+        state = None
+        sync()
+        start = time.perf_counter()
+        for t in range(n):
+            out, state = step(model, inputs(t), state)
+            loss_fn(out, targets[t]).backward()
+        learner.flush()  # timed: .grad is complete here
+        sync()
+        return time.perf_counter() - start
 
     def run_bptt(n: int) -> float:
         reset(model)
@@ -153,6 +155,8 @@ def measure(
     for _ in range(repeats):
         model.zero_grad(set_to_none=True)
         elapsed = min(elapsed, run(steps))
+    if learner is not None:
+        learner.detach()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20

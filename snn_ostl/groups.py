@@ -65,6 +65,14 @@ class TraceGroup:
                 return self.pool.pop(i)
         return None
 
+    def take_shaped(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        """A spare tensor of ``shape`` with the dtype and device of ``like``, if one is free."""
+        for i, spare in enumerate(self.pool):
+            fits = (spare.shape, spare.dtype, spare.device) == (shape, like.dtype, like.device)
+            if fits:
+                return self.pool.pop(i)
+        return None
+
     def trace_bytes(self) -> int:
         """Memory held by the current trace."""
         items = self.trace if isinstance(self.trace, list) else [self.trace]

@@ -200,8 +200,14 @@ class Layer:
                 # the old sequence: restart it in place, in the very tensor it saved.
                 g.trace[0].copy_(self._fused_x)
                 continue
+            if g.form == "per-synapse" and self.flush_every == 1:
+                # the next sequence reuses the trace's buffers unless a step still needs them
+                # (a window hands its own base back when it closes, see snn_ostl.window)
+                old = g.trace if isinstance(g.trace, list) else []
+                tensors = [t for t in old if isinstance(t, Tensor) and t.dim() == 3]
+                if tensors:  # (a second reset before the first step keeps the pool)
+                    g.pool[:] = [t for t in tensors if not self.snapshots.in_use([t])]
             g.trace = g.pending = None
-            g.pool.clear()
         self.has_traces = False
         self.batch = None
         self.step = None
@@ -386,12 +392,19 @@ class Layer:
                         if g.window is None:  # the window starts from the zero trace
                             states = sorted(set(range(d.num_states)) - g.presynaptic)
                             g.window = Window(
-                                g.param, states, g.presynaptic, self.flush_every, self.path
+                                g.param,
+                                states,
+                                g.presynaptic,
+                                self.flush_every,
+                                self.path,
+                                g.pool,
                             )
                         g.window.push(plan)
                         g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]
                     elif any(old[k] is None for k in plan.rows):  # first step: nothing to fuse
-                        g.trace = PS.advance(plan, new)
+                        shape = (plan.neurons, plan.batch, plan.width)
+                        out = [g.take_shaped(shape, x) for _ in new]
+                        g.trace = PS.advance(plan, new, out)
                     else:
                         g.trace, g.pending = new, plan
             elif g.role == "bias":

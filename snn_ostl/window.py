@@ -121,6 +121,8 @@ class Window:
         presynaptic: The states kept as filtered inputs ``[B, I]``.
         every: Flush once the base may move this many steps.
         where: Module path, for error messages.
+        spares: Buffers the base may reuse (the group's pool); a closed window whose base no
+            backward can reach any more gives it back here, for the next sequence.
     """
 
     def __init__(
@@ -130,8 +132,10 @@ class Window:
         presynaptic: frozenset,
         every: int,
         where: str,
+        spares: list[Tensor] | None = None,
     ) -> None:
         self.param, self.states, self.presynaptic = param, tuple(states), presynaptic
+        self.spares = spares if spares is not None else []
         self.every, self.where = every, where
         self.base: dict[int, Tensor] | None = None  # None: the zero trace
         self.index = 0  # step of the base trace
@@ -200,9 +204,17 @@ class Window:
             self.flush(self.index)
 
     def close(self) -> None:
-        """Flush what can be flushed; later backward passes flush themselves."""
+        """Flush what can be flushed; later backward passes flush themselves.
+
+        When no step can reach the base any more (every step's trace is older than it), the
+        base is handed to :attr:`spares`: a new sequence then skips a fresh allocation of the
+        largest tensor (on a CPU, page faults for every byte of it).
+        """
         self.flush(self.needed())
         self.closed = True
+        if self.base is not None and all(r.index < self.index for r in self._refs):
+            self.spares[:] = list(self.base.values())
+            self.base = None
 
     # ------------------------------------------------------------------ the maths
     def _adjoint(self) -> tuple[dict[int, Tensor], Pairs]:
@@ -337,13 +349,23 @@ class Window:
                 coefs = columns.coefs(pairs[m], batch, neurons).permute(1, 2, 0)
                 inputs = columns.inputs.permute(1, 0, 2)
                 if new[m] is None:
-                    new[m] = torch.bmm(coefs, inputs)
+                    spare = self._spare(coefs.shape[:2] + inputs.shape[2:], inputs)
+                    new[m] = torch.bmm(coefs, inputs, out=spare)
                 else:
                     new[m].baddbmm_(coefs, inputs)
             elif new[m] is None:
                 like = self.plans[0].like
-                new[m] = like.new_zeros(batch, neurons, like.shape[1])
+                shape = (batch, neurons, like.shape[1])
+                spare = self._spare(shape, like)
+                new[m] = spare.zero_() if spare is not None else like.new_zeros(shape)
         self.base = new
+
+    def _spare(self, shape, like: Tensor) -> Tensor | None:
+        """A spare buffer of this shape, dtype and device, if there is one."""
+        for i, t in enumerate(self.spares):
+            if (t.shape, t.dtype, t.device) == (torch.Size(shape), like.dtype, like.device):
+                return self.spares.pop(i)
+        return None
 
     def _accumulate(self, grad: Tensor) -> None:
         grad = grad.reshape(self.param.shape).to(self.param.dtype)

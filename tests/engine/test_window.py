@@ -142,3 +142,42 @@ def test_second_backward_after_a_flush_is_refused():
 def test_flush_every_must_be_a_whole_number(bad):
     with pytest.raises(ValueError, match="flush_every"):
         snn_ostl.OSTL(_net(), flush_every=bad)
+
+
+def _trace_tensors(layer) -> set[int]:
+    g = layer.groups[0]
+    if g.window is not None and g.window.base is not None:
+        return {t.data_ptr() for t in g.window.base.values()}
+    return {t.data_ptr() for t in g.trace if isinstance(t, torch.Tensor) and t.dim() == 3}
+
+
+@pytest.mark.parametrize("flush_every", [1, 4])
+def test_a_new_sequence_reuses_the_trace_buffer_unless_a_step_still_needs_it(flush_every):
+    """reset() hands the largest tensor to the next sequence; a pending backward keeps it."""
+    net = _net()
+    xs = [data(steps=9, seed=s) for s in (1, 2, 3)]
+    runs = [stack_runner(net, x, target) for x, target in xs]
+    separate = [ostl_gradients(net, run)[0] for run in runs]
+    weight = net.cells[0].weight
+    weight.grad = None
+    with snn_ostl.OSTL(net, flush_every=flush_every) as learner:
+        layer = learner.layers["cells.0"]
+        seen = []
+        for run in runs[:2]:  # a backward at every step: nothing waits at reset()
+            learner.reset()
+            for loss in run():
+                loss.backward()
+            learner.flush()
+            seen.append(_trace_tensors(layer))
+        assert seen[0] == seen[1]
+        learner.reset()
+        held = torch.stack(list(runs[2]())).sum()  # every step of sequence 3 waits
+        learner.reset()
+        for loss in runs[0]():  # sequence 1 again, while sequence 3's traces are still needed
+            loss.backward()
+        learner.flush()
+        held.backward()  # sequence 3's traces were left alone: its gradient is intact
+    expected = sum(
+        (s["cells.0.weight"] for s in [*separate, separate[0]]), torch.zeros_like(weight)
+    )
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-9, atol=1e-12)
