@@ -28,6 +28,24 @@ def test_summary_lists_forms_and_memory():
     assert "derived" not in rows["cells.0.threshold"]  # the threshold moves y directly
 
 
+def test_summary_suggests_flush_every_for_per_synapse_traces():
+    x, _ = data()
+    recurrent = StackNet([8, 6, 5], recurrent=True)  # full-Jacobian traces: nothing to suggest
+    with snn_ostl.OSTL(recurrent) as learner:
+        recurrent(x[0], [None, None])
+        assert "flush_every" not in learner.summary()
+    net = StackNet([8, 6, 5])  # feed-forward SNU: per-synapse traces
+    with snn_ostl.OSTL(net) as learner:
+        net(x[0], [None, None])
+        assert "tip:" in learner.summary() and "flush_every=16" in learner.summary()
+    with snn_ostl.OSTL(net, flush_every=8) as learner:
+        net(x[0], [None, None])
+        text = learner.summary()
+    assert "tip:" not in text
+    rows = {line.split()[2]: line for line in text.splitlines() if line.startswith("cells.")}
+    assert "added to .grad every 8 steps" in rows["cells.0.weight"]
+
+
 def test_import_does_not_import_frameworks():
     import subprocess
     import sys
