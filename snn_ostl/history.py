@@ -73,7 +73,7 @@ class History:
                 found = {k: gk for k, gk in enumerate(group_grads) if gk is not None}
                 if found:
                     tr.window.add(tr, found)
-                out.append(None)
+                out.append(tr.window.zero())  # zeros, not None: hooks on the weight expect one
                 continue
             step = None
             if g.form == "per-synapse" and tr is not None:

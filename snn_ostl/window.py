@@ -36,7 +36,7 @@ from snn_ostl.derivatives import Partial
 from snn_ostl.errors import StateError
 from snn_ostl.per_synapse import PerSynapseStep
 
-__all__ = ["PLACEHOLDER", "Window", "WindowRef"]
+__all__ = ["PLACEHOLDER", "Window", "WindowRef", "contract_base"]
 
 Pairs = list[tuple[Partial, Tensor]]  # (coefficient [B, N] or a number, input [B, I])
 
@@ -109,6 +109,24 @@ class _Columns:
         )
 
 
+def contract_base(lam: Tensor, base: Tensor, per_sample: bool) -> Tensor:
+    """``Σ_b λ[b, n] e[b, n, i]`` -> ``[N, I]`` for a ``[B, N]`` λ and a ``[B, N, I]`` trace.
+
+    Args:
+        lam: The adjoint at the base step.
+        base: The base trace.
+        per_sample: One sample at a time (the CPU's choice: each ``[N, I]`` slice is read once,
+            while in cache, and nothing of the trace's size is allocated); otherwise one einsum
+            (a GPU's choice: one kernel).
+    """
+    if not per_sample:
+        return torch.einsum("bn,bni->ni", lam, base)
+    out = torch.zeros_like(base[0])
+    for b in range(base.shape[0]):
+        out.addcmul_(base[b], lam[b, :, None])
+    return out
+
+
 class Window:
     """The per-synapse trace of one weight, kept as a base step plus the factors of later steps.
 
@@ -146,6 +164,7 @@ class Window:
         self.closed = False
         self._refs: weakref.WeakSet[WindowRef] = weakref.WeakSet()
         self._bytes = 0
+        self._zero: Tensor | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -306,15 +325,8 @@ class Window:
         if self.base is None:  # the zero trace
             return grad
         for k, lk in lam.items():  # λ_b · e_b
-            base = self.base[k]  # [B, N, I]
-            if base.device.type == "cpu":
-                # one sample at a time: each [N, I] slice is read once, while in cache, and
-                # nothing of the base's size is allocated
-                part = torch.zeros_like(base[0])
-                for b in range(batch):
-                    part.addcmul_(base[b], lk[b, :, None])
-            else:
-                part = torch.einsum("bn,bni->ni", lk, base)
+            base = self.base[k]
+            part = contract_base(lk, base, per_sample=base.device.type == "cpu")
             grad = part if grad is None else grad + part
         return grad
 
@@ -369,7 +381,15 @@ class Window:
 
     def _accumulate(self, grad: Tensor) -> None:
         grad = grad.reshape(self.param.shape).to(self.param.dtype)
-        if self.param.grad is None:
-            self.param.grad = grad
-        else:
-            self.param.grad.add_(grad)
+        # Through autograd, like every other gradient: the parameter's hooks see it (Norse's
+        # recurrent cells zero their autapses' gradient in one) before it lands in .grad. A
+        # scalar root (∂(θ·G)/∂θ = G exactly): an explicit grad_tensors argument would make
+        # torch import its symbolic-shape checker (sympy), 35 MB, on first use.
+        with torch.enable_grad():
+            (self.param * grad).sum().backward()
+
+    def zero(self) -> Tensor:
+        """What a step's backward returns for the weight: zeros, since hooks expect a tensor."""
+        if self._zero is None:
+            self._zero = self.param.detach().new_zeros(()).expand(self.param.shape)
+        return self._zero

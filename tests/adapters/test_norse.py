@@ -719,9 +719,10 @@ def test_every_norse_adapter_is_registered_and_documented():
             assert entry.examples, entry.module_type
 
 
-@pytest.mark.parametrize(("adapter", "make"), EXAMPLES, ids=IDS)
-def test_flush_every_equals_oracle(adapter, make):
-    """Per-synapse history terms flushed every 3 steps: still the oracle's gradient."""
+@pytest.mark.parametrize(("adapter", "make", "variant"), VARIANT_CASES, ids=VARIANT_IDS)
+def test_flush_every_equals_oracle(adapter, make, variant):
+    """History terms flushed every 3 steps: the oracle's gradient, every variant; and the same
+    gradient as flush_every=1 with a feedback learning signal (hooks on weights included)."""
     torch.manual_seed(1)
     model = Layers(adapter, make, depth=2)
     x, target = _tune(model, adapter)
@@ -730,11 +731,17 @@ def test_flush_every_equals_oracle(adapter, make):
     _take_p_grads(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        grads, owners, order = ostl_gradients(model, run, flush_every=3)
+        grads, owners, order = ostl_gradients(model, run, variant=variant, flush_every=3)
+        _take_p_grads(model)
+        direct = [
+            ostl_gradients(model, run, variant=variant, learning_signal="direct", **kw)[0]
+            for kw in ({}, {"flush_every": 3})
+        ]
     _take_p_grads(model)
     if adapter.spiking:
         assert_spiking(_rates(rates), "two layers")
-    reference = oracle_gradients(model, run, owners, order)
+    reference = oracle_gradients(model, run, owners, order, variant=variant)
     grads = {n: g for n, g in grads.items() if n in reference}
     assert grads
     assert max(compare(grads, reference).values()) <= TOL
+    assert max(compare(direct[1], direct[0]).values()) <= TOL

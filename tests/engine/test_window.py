@@ -11,6 +11,7 @@ from nets import StackNet, data, mean_rates, stack_runner
 
 import snn_ostl
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+from snn_ostl.window import contract_base
 
 TOL = 1e-10
 
@@ -181,3 +182,38 @@ def test_a_new_sequence_reuses_the_trace_buffer_unless_a_step_still_needs_it(flu
         (s["cells.0.weight"] for s in [*separate, separate[0]]), torch.zeros_like(weight)
     )
     torch.testing.assert_close(weight.grad, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_base_contraction_both_ways(per_sample):
+    """The CPU loop and the GPU einsum of the base contraction, against a plain sum."""
+    gen = torch.Generator().manual_seed(0)
+    lam = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    base = torch.randn(5, 4, 7, generator=gen, dtype=torch.float64)
+    expected = (lam[..., None] * base).sum(0)
+    got = contract_base(lam, base, per_sample)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_hooks_on_the_weight_see_the_flushed_terms():
+    """A gradient hook (here: a mask) applies to the history terms a flush adds, as per step."""
+    net = _net()
+    x, target = data(steps=10)
+    run = stack_runner(net, x, target)
+    weight = net.cells[0].weight
+    mask = torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    seen: list = []
+
+    def hook(grad):
+        assert grad is not None
+        seen.append(grad.shape)
+        return grad * mask
+
+    handle = weight.register_hook(hook)
+    try:
+        per_step = ostl_gradients(net, run)[0]["cells.0.weight"]
+        flushed = ostl_gradients(net, run, flush_every=3)[0]["cells.0.weight"]
+    finally:
+        handle.remove()
+    assert seen and not per_step[~mask].any()
+    torch.testing.assert_close(flushed, per_step, rtol=1e-10, atol=1e-12)
