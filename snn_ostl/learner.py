@@ -108,7 +108,9 @@ class OSTL:
             :mod:`snn_ostl.window`). Flushes also run before every ``optimizer.step()``, and on
             :meth:`flush`, :meth:`reset` and :meth:`detach`; call :meth:`flush` yourself before
             reading those ``.grad`` between optimizer steps (e.g. before
-            ``clip_grad_norm_``). 1 (default) adds them in each step's backward.
+            ``clip_grad_norm_``). Flushed terms reach ``.grad`` only, never the result of
+            ``torch.autograd.grad``: use 1 with it. 1 (default) adds them in each step's
+            backward.
 
     Raises:
         UnsupportedModuleError: The model holds modules it cannot train (all listed).
