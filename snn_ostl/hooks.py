@@ -1,0 +1,192 @@
+"""How a learner sits in the model's forward pass: the module hooks of :class:`snn_ostl.OSTL`.
+
+Before each step of a stateful module the pre-hook detaches the previous state, binds the layer
+to the synapse that fed it and attaches the history node; the post-hook advances the traces. The
+synapse hooks record which Linear/Conv fed which layer and, for fused layers, let the synapse
+save the filtered input in place of its input. Kept apart from :mod:`snn_ostl.learner`, whose
+class holds the public API and inherits these methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snn_ostl.errors import DetachedLearnerError, StateError
+from snn_ostl.layer import Layer
+
+__all__ = ["ForwardHooks"]
+
+
+class ForwardHooks:
+    """The hook methods of :class:`snn_ostl.OSTL` (no state of their own)."""
+
+    def _check_attached(self) -> None:
+        if not self._attached:
+            raise DetachedLearnerError(
+                "this OSTL learner was detached; attach a new one with snn_ostl.OSTL(model)."
+            )
+
+    def _note(self, path: str) -> None:
+        if path not in self._order:
+            self._order[path] = len(self._order)
+
+    def _synapse_pre(self, module: nn.Module, args: tuple) -> tuple | None:
+        if not torch.is_grad_enabled():
+            return None
+        new_args = self.signals.before_synapse(module, args)
+        layer = self._fused.get(module)
+        if layer is not None:
+            x = (new_args or args)[0]
+            filtered = layer.filtered_input(x)
+
+            # The synapse saves its input only for its weight gradient: give it x̃_t instead,
+            # so its own backward computes ∂L/∂a_t · x̃_t (SPEC §3, factorised form).
+            def pack(t: Tensor) -> Tensor:
+                same = t.data_ptr() == x.data_ptr() and t.shape == x.shape
+                return filtered if same and t.stride() == x.stride() else t
+
+            ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+            ctx.__enter__()
+            self._saving[module] = ctx
+        return new_args
+
+    def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        ctx = self._saving.pop(module, None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+        if output is None or not torch.is_grad_enabled():  # None: forward raised
+            return None
+        self._note(self._synapse_paths[module])
+        output = self.signals.after_synapse(module, args, output, self._synapse_paths[module])
+        self._recent[module] = (weakref.ref(output), self.signals.synapse_input(module, args))
+        return output
+
+    def _model_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return None
+        return self.signals.after_model(output)
+
+    def _find_synapse(self, current: Tensor) -> tuple[nn.Module, Tensor] | None:
+        for module, (ref, x) in list(self._recent.items()):
+            if ref() is current:
+                del self._recent[module]
+                return module, x
+        return None
+
+    def _make_pre(self, layer: Layer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            adapter = layer.adapter
+            # Entered in every grad mode: besides cutting gradient paths, an adapter may use it
+            # to keep the framework's forward consistent (e.g. spikes in the input's dtype).
+            ctx = adapter.variant_forward(module, self.variant)
+            ctx.__enter__()
+            layer.variant_ctx = ctx  # exited by the post-hook, which runs even if this raises
+            return self._pre_step(layer, module, args, kwargs)
+
+        return hook
+
+    def _pre_step(self, layer: Layer, module: nn.Module, args: tuple, kwargs: dict):
+        """The pre-hook's work once the variant context is entered."""
+        adapter = layer.adapter
+        if not torch.is_grad_enabled():
+            layer.step = None
+            return None
+        try:
+            current = adapter.current(module, args, kwargs)
+            prev = adapter.read_state(module, args, kwargs)
+        except StateError as err:
+            raise StateError(f"{layer.path or '<root>'} ({type(module).__name__}): {err}") from err
+        if prev is None:
+            # The module starts from its zero state: a new sequence, so the traces restart
+            # too (otherwise a forgotten learner.reset() would mix two sequences silently).
+            layer.reset()
+            prev = adapter.initial_state(module, current)
+        inputs: dict[str | int, Tensor] = {}
+        owns_input = layer.owns_input_weights
+        found = None if owns_input else self._find_synapse(current)
+        if not layer.bound:
+            self._bind(layer, found)
+        elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):
+            raise StateError(
+                f"{layer.path} ({type(module).__name__}): its input current came from "
+                f"{layer.synapse_path} at the first step but not at this one. Feed the "
+                "neuron from the same Linear/Conv module at every step (no operation in "
+                "between)."
+            )
+        if found is not None:
+            inputs["input"] = found[1]
+        self._note(layer.path)
+        state = layer.before_step(tuple(prev), current, inputs)
+        self._track_pending(layer)
+        if owns_input and current.requires_grad and self.learning_signal != "backprop":
+            stack = contextlib.ExitStack()
+            stack.push(layer.variant_ctx)
+            args, kwargs = self._internal_feedback(layer, args, kwargs, current, stack)
+            layer.variant_ctx = stack
+        return adapter.write_state(module, args, kwargs, state)
+
+    def _make_post(self, layer: Layer):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
+            ctx = getattr(layer, "variant_ctx", None)
+            if ctx is not None:
+                layer.variant_ctx = None
+                ctx.__exit__(None, None, None)
+            if output is None:  # forward raised: the step never happened
+                layer.step = None
+            if layer.step is None:
+                return None
+            layer.after_step(layer.adapter.new_state(module, args, kwargs, output))
+            self.signals.after_layer(layer, output)
+            return None
+
+        return hook
+
+    def _internal_feedback(self, layer, args, kwargs, current, stack):
+        """Random/direct feedback for a layer whose input weights live inside the module."""
+        module, adapter = layer.module, layer.adapter
+        if self.learning_signal == "direct":
+            return adapter.write_input(module, args, kwargs, current.detach())
+        inputs = [s for s in adapter.internal_synapses(module) if s.source == "input"]
+        if inputs:
+            weight = getattr(module, inputs[0].weight)
+            matrix = self.signals.matrix_for(layer.path, weight)
+            stack.enter_context(adapter.input_feedback(module, matrix))
+        return args, kwargs
+
+    def _bind(self, layer: Layer, found: tuple[nn.Module, Tensor] | None) -> None:
+        synapse, path = None, None
+        if found is not None:
+            synapse = found[0]
+            path = self._synapse_paths[synapse]
+            for other in self.layers.values():
+                if other.synapse is synapse:
+                    raise StateError(
+                        f"{path} feeds both {other.path} and {layer.path}; a synapse may feed "
+                        "one stateful layer only. Give each layer its own Linear/Conv module."
+                    )
+        layer.bind(path, synapse)
+        # Name every trained parameter as the model does (an adapter may reach a parameter
+        # that another module registers, e.g. a Norse LIFParameters field).
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for g in layer.groups:
+            g.name = names.get(id(g.param), g.name)
+        if layer.fused_group is not None:
+            self._fused[synapse] = layer
+        bound = {lay.synapse for lay in self.layers.values()}
+        for p, m in self._plan.synapses.items():
+            if p in self._order and m not in bound and p not in self._plan.instantaneous:
+                self._plan.instantaneous[p] = (
+                    f"instantaneous gradient (approximation: below {layer.path})"
+                )
+                warnings.warn(
+                    f"{p} runs before the stateful layer {layer.path} without feeding its "
+                    "current directly; it is trained with its instantaneous gradient (an "
+                    "approximation, see learner.summary()).",
+                    stacklevel=4,
+                )

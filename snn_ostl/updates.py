@@ -1,0 +1,151 @@
+"""One step of every trace form of a layer: the methods behind :meth:`Layer.after_step`.
+
+Which form a parameter gets is decided in :mod:`snn_ostl.layer` (at the layer's first step);
+the maths of each form lives in :mod:`snn_ostl.traces`, :mod:`snn_ostl.per_synapse`,
+:mod:`snn_ostl.window` and :mod:`snn_ostl.dense`. This file applies them to a layer's groups
+after each forward step. :class:`snn_ostl.layer.Layer` inherits these methods.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from snn_ostl import dense
+from snn_ostl import per_synapse as PS
+from snn_ostl import traces as T
+from snn_ostl.adapter import DenseAdapter, ElementwiseAdapter, StepRecord
+from snn_ostl.derivatives import ElementwiseDerivatives, Factored
+from snn_ostl.derived import fold_jacobian
+from snn_ostl.groups import as_number
+from snn_ostl.window import PLACEHOLDER, Window
+
+__all__ = ["TraceUpdates"]
+
+
+class TraceUpdates:
+    """The trace-update methods of :class:`snn_ostl.layer.Layer` (no state of their own)."""
+
+    def _derivatives(self, step: StepRecord) -> ElementwiseDerivatives:
+        adapter = self.adapter
+        assert isinstance(adapter, ElementwiseAdapter)
+        d = adapter.derivatives(self.module, step, self.variant, lambda: self.total_current(step))
+        d.state = [[as_number(p) for p in row] for row in d.state]
+        d.current = [as_number(p) for p in d.current]
+        if self.variant == "eprop":
+            spikes = set(adapter.spike_states)
+            d.state = [[None if j in spikes else p for j, p in enumerate(row)] for row in d.state]
+        return d
+
+    def _advance_elementwise(self, step: StepRecord) -> None:
+        d = self._derivatives(step)
+        like = step.prev[0]
+        previous, self.derived = self.derived, d.derived
+        # synapse traces leave out derived states (exact, see snn_ostl.derived)
+        folded = fold_jacobian(d.state, d.current, d.derived, previous) if d.derived else None
+        if self.fused_group is not None:
+            (scale,) = d.current
+            # x̃ is normalised by c = ∂s/∂a: the synapse's backward multiplies by ∂L/∂a = c δ.
+            self.decay = float(d.state[0][0] or 0.0)
+            assert isinstance(scale, (int, float)) and scale != 0, "fused traces need c != 0"
+        jacobians: dict[tuple[int, ...], Tensor] = {}  # dense J_t per kept-state set
+        for g in self.groups:
+            if g.trace is None:
+                g.folded = folded is not None and g.role in ("weight", "bias")
+            jac, current = folded if g.folded else (d.state, d.current)
+            if g.fused:
+                if not getattr(self, "fused_ran", False):
+                    # the binding step ran before the substitution existed: x̃_1 = x_1
+                    g.trace = [self._synapse_input(g.source, step).detach()]
+                self.fused_ran = False
+                continue
+            if g.form == "full-jacobian":
+                self._advance_full(g, d, jac, current, step, previous, jacobians)
+            elif g.role == "weight":
+                x = self._synapse_input(g.source, step).detach()
+                old = g.trace or [None] * d.num_states
+                if g.form == "presynaptic":
+                    g.trace = T.update_presynaptic(jac, current, old, x)
+                else:
+                    if g.trace is None:
+                        g.presynaptic = PS.presynaptic_states(jac, current)
+                    windowed = self.flush_every > 1
+                    new, plan = PS.plan(
+                        jac, current, old, x, like[0].numel(), g.presynaptic, windowed
+                    )
+                    if windowed:
+                        if g.window is None:  # the window starts from the zero trace
+                            states = sorted(set(range(d.num_states)) - g.presynaptic)
+                            g.window = Window(
+                                g.param,
+                                states,
+                                g.presynaptic,
+                                self.flush_every,
+                                self.path,
+                                g.pool,
+                            )
+                        g.window.push(plan)
+                        g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]
+                    elif any(old[k] is None for k in plan.rows):  # first step: nothing to fuse
+                        shape = (plan.neurons, plan.batch, plan.width)
+                        out = [g.take_shaped(shape, x) for _ in new]
+                        g.trace = PS.advance(plan, new, out)
+                    else:
+                        g.trace, g.pending = new, plan
+            elif g.role == "bias":
+                old = g.trace or [None] * d.num_states
+                if g.form == "presynaptic":
+                    # J and c are numbers here, so the bias trace is a number per state
+                    g.trace = T.update_presynaptic(jac, current, old, 1.0)
+                else:
+                    g.trace = T.update_elementwise(jac, current, old, like)
+            else:
+                old = g.trace or [None] * d.num_states
+                g.trace = T.update_elementwise(d.state, d.params[g.key], old, like)
+
+    def _advance_full(self, g, d, jac, current, step, previous, jacobians) -> None:
+        """One step of a full-Jacobian trace over the states the group keeps."""
+        like = step.prev[0]
+        states = tuple(k for k in range(d.num_states) if not (g.folded and k in d.derived))
+        g.states = states
+        if g.trace is None:
+            g.trace = dense.zeros(like, len(states), g.param.numel())
+        else:
+            if states not in jacobians:
+                recurrent = [
+                    (s.source, self.module.get_parameter(s.weight).detach())
+                    for s in self._internal()
+                    if isinstance(s.source, int)
+                ]
+                jacobians[states] = dense.jacobian(
+                    jac, current, like, states, recurrent, previous if g.folded else {}
+                )
+            g.trace = T.update_dense(jacobians[states], g.trace)
+        if g.role == "neuron":
+            partials, x = d.params[g.key], None
+        else:
+            partials = current
+            x = self._synapse_input(g.source, step).detach() if g.role == "weight" else None
+        dense.add_immediate(g.trace, g.role, [partials[k] for k in states], like, x, g.param)
+
+    def _advance_dense_cell(self, step: StepRecord) -> None:
+        adapter = self.adapter
+        assert isinstance(adapter, DenseAdapter)
+        params = {g.key: g.param for g in self.groups}
+        d = adapter.derivatives(self.module, step.current, step.prev, params)
+        for g in self.groups:
+            immediate = d.params[g.key]
+            if g.trace is None:
+                dense_part = immediate.dense() if isinstance(immediate, Factored) else immediate
+                g.trace = dense_part.contiguous()
+                continue
+            g.trace = T.update_dense(d.state, g.trace)
+            if not isinstance(immediate, Factored):
+                g.trace.add_(immediate)
+            elif immediate.input is None:
+                g.trace.add_(immediate.rows)
+            else:  # rows ⊗ input, added without forming it: one batched outer product
+                rows, x = immediate.rows, immediate.input
+                batch, size, width = rows.shape
+                g.trace.view(batch, size * width, -1).baddbmm_(
+                    rows.reshape(batch, size * width, 1), x.reshape(batch, 1, -1)
+                )
