@@ -10,6 +10,8 @@ built three ways: snnTorch ``Leaky`` (factorised, fused presynaptic traces), Nor
 bounds: a regression check on ratios, never on absolute times. Per-synapse networks are also
 timed with ``OSTL(flush_every=W)`` (``--flush-every``, 16 by default), where their history
 terms reach ``.grad`` every W steps and before each optimizer step (:mod:`snn_ostl.window`).
+A floor row (``--no-floor`` leaves it out) times the same loop without a learner, the state
+detached between steps: what a per-step backward costs by itself, whatever computes it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from snn_ostl.bench_table import Cell, best_of_rounds, check, render, targets
+from snn_ostl.bench_table import FLOOR, Cell, best_of_rounds, check, render, targets
 
 __all__ = ["NETWORKS", "main", "measure"]
 
@@ -38,8 +40,22 @@ NETWORKS = {
 PER_SYNAPSE = ("norse-lif", "native-snu")
 
 
+def _detached(model, state):
+    """A state of nested tuples, lists and NamedTuples, cut from the graph of earlier steps."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(_detached(model, s) for s in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(_detached(model, s) for s in state)
+    return state
+
+
 def _build(network: str, sizes: tuple[int, ...]):
-    """Model and a ``step(model, x_t, state) -> (output, state)`` function."""
+    """Model, ``step(model, x_t, state) -> (output, state)``, ``reset(model)`` and
+    ``detach(model, state) -> state`` (cuts the previous steps off, for the floor row)."""
     import torch
     from torch import nn
 
@@ -61,7 +77,13 @@ def _build(network: str, sizes: tuple[int, ...]):
                 if isinstance(layer, snn.Leaky):
                     layer.reset_mem()
 
-        return model, step, reset
+        def detach(m, state):
+            for layer in m:  # this instance's state only (not snnTorch's class-wide detach)
+                if isinstance(layer, snn.Leaky):
+                    layer.mem = layer.mem.detach()
+            return state
+
+        return model, step, reset, detach
     if network == "norse-lif":
         import norse.torch as norse
 
@@ -69,7 +91,7 @@ def _build(network: str, sizes: tuple[int, ...]):
             layers += [nn.Linear(a, b), norse.LIFCell()]
         layers.append(nn.Linear(sizes[-2], sizes[-1]))
         model = norse.SequentialState(*layers)
-        return model, (lambda m, x, state: m(x, state)), (lambda m: None)
+        return model, (lambda m, x, state: m(x, state)), (lambda m: None), _detached
     if network == "native-snu":
         import snn_ostl
 
@@ -89,7 +111,7 @@ def _build(network: str, sizes: tuple[int, ...]):
                     new.append(s)
                 return self.readout(x), new
 
-        return SNUNet(), (lambda m, x, state: m(x, state)), (lambda m: None)
+        return SNUNet(), (lambda m, x, state: m(x, state)), (lambda m: None), _detached
     raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
 
 
@@ -103,7 +125,7 @@ def measure(
     import snn_ostl
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, step, reset = _build(network, tuple(sizes))
+    model, step, reset, detach = _build(network, tuple(sizes))
     model.to(device)
     gen = torch.Generator().manual_seed(1)
     rate = torch.full((batch, sizes[0]), 0.2)
@@ -148,7 +170,19 @@ def measure(
         sync()
         return time.perf_counter() - start
 
-    run = run_ostl if method.startswith("ostl") else run_bptt
+    def run_detached(n: int) -> float:
+        reset(model)
+        state = None
+        sync()
+        start = time.perf_counter()
+        for t in range(n):
+            out, state = step(model, inputs(t), detach(model, state))
+            loss_fn(out, targets[t]).backward()
+        sync()
+        return time.perf_counter() - start
+
+    runs = {"bptt": run_bptt, FLOOR: run_detached}
+    run = run_ostl if method.startswith("ostl") else runs[method]
     run(min(steps, 10))  # warm-up: allocator, thread pools, lazy init
     # The best of a few runs: the least disturbed by whatever else the machine does.
     elapsed = float("inf")
@@ -193,6 +227,8 @@ def _parse(argv):
                    help="run every cell this many times in turn; keep the best time")  # fmt: skip
     p.add_argument("--flush-every", type=int, default=16,
                    help="also time per-synapse nets with flush_every=N; 1: no")  # fmt: skip
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="leave out the reference row without a learner")  # fmt: skip
     p.add_argument("--out", default=None, help="write the table and a JSON file here")
     p.add_argument(
         "--check",
@@ -226,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def methods(network: str) -> tuple[str, ...]:
         # flush_every changes nothing for factorised traces: time it where traces are per-synapse
+        out = ("bptt", "ostl")
         if args.flush_every > 1 and network in PER_SYNAPSE:
-            return ("bptt", "ostl", f"ostl/{args.flush_every}")
-        return ("bptt", "ostl")
+            out += (f"ostl/{args.flush_every}",)
+        return out if args.check or not args.floor else (*out, FLOOR)
 
     jobs = [(n, m, t) for n in networks for t in steps_list for m in methods(n)]
     measured: list[Cell] = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CHECK_BOUNDS",
+    "FLOOR",
     "MEMORY_TARGET",
     "TIME_TARGETS",
     "Cell",
@@ -55,23 +56,31 @@ def best_of_rounds(cells: list[Cell]) -> list[Cell]:
     return list(best.values())
 
 
-def _variants(cells: list[Cell], network: str) -> list[str]:
-    """The OSTL methods measured for ``network``: ``ostl`` first, then ``ostl/W``."""
-    found = {c.method for c in cells if c.network == network and c.method.startswith("ostl")}
-    return sorted(found, key=lambda m: (m != "ostl", m))
+#: The reference run without a learner: the same per-step backward with the state detached
+#: between steps (truncated gradients). What any per-step online method costs at the least.
+FLOOR = "detached"
+
+
+def _variants(cells: list[Cell], network: str, floor: bool = True) -> list[str]:
+    """The methods compared with BPTT: ``ostl``, then ``ostl/W``, then the floor row."""
+    wanted = ("ostl", FLOOR) if floor else ("ostl",)
+    found = {c.method for c in cells if c.network == network and c.method.startswith(wanted)}
+    return sorted(found, key=lambda m: (m == FLOOR, m != "ostl", m))
 
 
 def _label(method: str) -> str:
-    """How a row says when its per-synapse history terms reach ``.grad``."""
+    """What a row runs; for OSTL, when its per-synapse history terms reach ``.grad``."""
+    if method == FLOOR:
+        return "no learner (floor)"
     every = method.partition("/")[2]
-    return f"flush_every={every}" if every else "every step"
+    return f"OSTL flush_every={every}" if every else "OSTL every step"
 
 
 def render(cells: list[Cell]) -> str:
     """The benchmark table, with OSTL/BPTT ratios and OSTL's memory growth over T."""
     rows = []
-    header = ("network", "T", "OSTL .grad", "BPTT ms/step", "OSTL ms/step", "time ratio",
-              "BPTT peak MiB", "OSTL peak MiB", "OSTL mem / mem at min T", "note")  # fmt: skip
+    header = ("network", "T", "run", "BPTT ms/step", "ms/step", "time ratio",
+              "BPTT peak MiB", "peak MiB", "mem / mem at min T", "note")  # fmt: skip
     by = {(c.network, c.method, c.steps): c for c in cells}
     for network in dict.fromkeys(c.network for c in cells):
         steps_list = sorted({c.steps for c in cells if c.network == network})
@@ -98,6 +107,12 @@ def render(cells: list[Cell]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("-" * len(lines[0]))
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+    if any(c.method == FLOOR for c in cells):
+        lines.append(
+            "no learner (floor): the same loop with loss.backward() at every step and the state "
+            "detached between steps, no learner attached (truncated gradients): the least any "
+            "per-step online method costs."
+        )
     return "\n".join(lines)
 
 
@@ -120,7 +135,7 @@ def targets(cells: list[Cell]) -> str:
     lines = []
     for network in dict.fromkeys(c.network for c in cells):
         steps_list = sorted({c.steps for c in cells if c.network == network})
-        variants = _variants(cells, network)
+        variants = _variants(cells, network, floor=False)
         for method in variants:
             met, missed = [], []
             for steps in steps_list:
@@ -142,7 +157,7 @@ def targets(cells: list[Cell]) -> str:
                     f"{verdict} ({growth:.3f})"
                 )
             if parts:
-                name = network if len(variants) == 1 else f"{network} ({_label(method)})"
+                name = network if len(variants) == 1 else f"{network} ({_label(method)[5:]})"
                 lines.append(f"{name}: " + "; ".join(parts))
     return "\n".join(lines)
 
@@ -158,12 +173,12 @@ def check(cells: list[Cell]) -> int:
     failures = []
     by = {(c.network, c.method, c.steps): c for c in cells}
     for network, bound in CHECK_BOUNDS.items():
-        for method in _variants(cells, network):
+        for method in _variants(cells, network, floor=False):
             o, b = by.get((network, method, 100)), by.get((network, "bptt", 100))
             short = by.get((network, method, 10))
             if not (o and b and short) or None in (o.ms_per_step, b.ms_per_step):
                 continue
-            name = network if method == "ostl" else f"{network} ({_label(method)})"
+            name = network if method == "ostl" else f"{network} ({_label(method)[5:]})"
             ratio = o.ms_per_step / b.ms_per_step
             if ratio > bound:
                 failures.append(f"{name}: OSTL/BPTT time ratio {ratio:.2f} > {bound}")

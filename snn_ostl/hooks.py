@@ -59,9 +59,11 @@ class ForwardHooks:
     def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         ctx = self._saving.pop(module, None)
         if ctx is not None:
+            if output is not None:  # inside the saved-tensor hooks (see Layer.fused_output)
+                output = self._fused[module].fused_output(output)
             ctx.__exit__(None, None, None)
         if output is None or not torch.is_grad_enabled():  # None: forward raised
-            return None
+            return output
         self._note(self._synapse_paths[module])
         output = self.signals.after_synapse(module, args, output, self._synapse_paths[module])
         self._recent[module] = (weakref.ref(output), self.signals.synapse_input(module, args))

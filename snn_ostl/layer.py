@@ -70,6 +70,10 @@ class Layer(TraceUpdates):
         self.step: StepRecord | None = None
         self.inputs: dict[str | int, Tensor] = {}
         self.derived: Derived = {}  # derived-state factors of the latest step
+        self.all_fused = False
+        self._fused_roles: dict[str, TraceGroup] = {}
+        self._bias_scale: Tensor | None = None
+        self._bias_zero: Tensor | None = None
 
     # ------------------------------------------------------------------ planning
     @property
@@ -155,8 +159,11 @@ class Layer(TraceUpdates):
             and adapter.fusable(self.module, self.variant)
         ):
             for g in groups:
-                g.fused = g.role == "weight" and g.source == "input"
+                g.fused = g.role in ("weight", "bias") and g.source == "input"
         self.groups = groups
+        # Every gradient comes from the synapse's own backward: no history node is needed.
+        self.all_fused = bool(groups) and all(g.fused for g in groups)
+        self._fused_roles = {g.role: g for g in groups if g.fused}  # read at every step
         self._params = [g.param for g in groups]
         self.bound = True
         self.decay: float | None = None  # J of a fused layer, known after its first step
@@ -164,7 +171,12 @@ class Layer(TraceUpdates):
     @property
     def fused_group(self) -> TraceGroup | None:
         """The synapse weight whose gradient comes from the synapse's own backward, if any."""
-        return next((g for g in self.groups if g.fused), None)
+        return self._fused_roles.get("weight")
+
+    @property
+    def fused_bias(self) -> TraceGroup | None:
+        """The synapse bias of a fused layer, if it is trained."""
+        return self._fused_roles.get("bias")
 
     def filtered_input(self, x: Tensor) -> Tensor:
         """Advance and return ``x̃_t = J x̃_{t-1} + x_t`` of the fused weight (normalised by c).
@@ -175,14 +187,40 @@ class Layer(TraceUpdates):
         g = self.fused_group
         previous = g.trace[0] if g.trace else None
         x = x.detach()
-        if previous is None or self.decay is None or previous.shape != x.shape:
-            filtered = x
-        else:
-            filtered = torch.add(x, previous, alpha=self.decay) if self.decay else x
+        restart = previous is None or self.decay is None or previous.shape != x.shape
+        filtered = x if restart or not self.decay else torch.add(x, previous, alpha=self.decay)
         g.trace = [filtered]
+        bias = self.fused_bias
+        if bias is not None:  # the bias sees a constant input 1: its filtered input is a number
+            bias.trace = [1.0 if restart or not bias.trace else self.decay * bias.trace[0] + 1.0]
         self.fused_ran = True
         self._fused_x = x
+        self._bias_scale = None
         return filtered
+
+    def fused_output(self, output: Tensor) -> Tensor:
+        """The synapse's output, with the fused bias's gradient scaled by its filtered input.
+
+        The synapse's own backward gives the bias ``Σ ∂L/∂a_t`` (its input is 1); the trace asks
+        for ``f_t Σ ∂L/∂a_t`` with ``f_t = J f_{t-1} + 1``. Adding ``(f_t - 1)(b - b.detach())``
+        changes no value and adds the missing ``(f_t - 1) Σ ∂L/∂a_t`` in the same backward, so
+        hooks on the bias still see one gradient. Called while the synapse's saved-tensor hooks
+        are active, so that :meth:`reset` may still zero the scale of this very step.
+        """
+        g = self.fused_bias
+        if g is None or not g.trace or g.trace[0] == 1.0:
+            return output
+        zero = self._bias_zero
+        if zero is None or zero.dtype != output.dtype or zero.device != output.device:
+            # b - b.detach(): zeros whose gradient reaches b. Its node saves no tensor, so one
+            # serves every step (built again if the model moves).
+            bias = g.param
+            if g.op is not None and g.op.kind != "linear":  # a conv bias is per channel
+                bias = bias.reshape(-1, *([1] * (output.dim() - 2)))
+            zero = self._bias_zero = bias - bias.detach()
+        scale = torch.full((), g.trace[0] - 1.0, dtype=output.dtype, device=output.device)
+        self._bias_scale = scale
+        return torch.addcmul(output, zero, scale)
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -194,9 +232,15 @@ class Layer(TraceUpdates):
         self.flush(close=True)
         for g in self.groups:
             if g.fused and getattr(self, "fused_ran", False) and g.trace:
-                # The synapse already ran this step and saved x̃_t for its backward, built on
-                # the old sequence: restart it in place, in the very tensor it saved.
-                g.trace[0].copy_(self._fused_x)
+                # The synapse already ran this step and saved x̃_t (and the bias's scale) for
+                # its backward, built on the old sequence: restart them in place, in the very
+                # tensors it saved.
+                if g.role == "weight":
+                    g.trace[0].copy_(self._fused_x)
+                else:
+                    g.trace = [1.0]
+                    if self._bias_scale is not None:
+                        self._bias_scale.zero_()
                 continue
             if g.form == "per-synapse" and self.flush_every == 1:
                 # the next sequence reuses the trace's buffers unless a step still needs them
@@ -210,6 +254,7 @@ class Layer(TraceUpdates):
         self.batch = None
         self.step = None
         self.derived = {}
+        self.decay = None  # a fused layer reads J again at the first step of a sequence
 
     def flush(self, close: bool = False) -> None:
         """Add every recorded per-synapse history term to ``.grad`` (``flush_every > 1``).
@@ -265,7 +310,7 @@ class Layer(TraceUpdates):
         self.check(prev, current)
         self.inputs = inputs
         self.step = StepRecord(current=current, prev=prev)
-        if not self.has_traces or not self.groups:
+        if not self.has_traces or not self.groups or self.all_fused:
             return prev
         for g in self.groups:
             if g.pending is not None:  # no backward reached the last step: advance now
@@ -302,6 +347,12 @@ class Layer(TraceUpdates):
             self.batch, self.neuron_shape = like.shape[0], like.shape[1:]
             self.dtype, self.device = step.current.dtype, step.current.device
         if not self.groups:
+            return
+        if self.all_fused and self.decay is not None and getattr(self, "fused_ran", False):
+            # Nothing to advance but x̃ (done by the synapse's pre-hook), and J is a number
+            # fixed for the whole sequence (what the adapter's ``factorised`` promises):
+            # skip the derivatives, read once per sequence.
+            self.fused_ran = False
             return
         with torch.no_grad():
             if isinstance(self.adapter, DenseAdapter):

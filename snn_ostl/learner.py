@@ -313,6 +313,8 @@ class OSTL(ForwardHooks):
 
     def _track_pending(self, layer: Layer) -> None:
         """Refuse to pile up eligibility snapshots past the budget (whole-sequence backward)."""
+        if layer.all_fused:  # keeps no snapshot: the synapse's own backward does the work
+            return
         pending = self.pending_bytes
         if pending > self.trace_budget:
             raise TraceBudgetError(

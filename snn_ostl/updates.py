@@ -54,9 +54,9 @@ class TraceUpdates:
             jac, current = folded if g.folded else (d.state, d.current)
             if g.fused:
                 if not getattr(self, "fused_ran", False):
-                    # the binding step ran before the substitution existed: x̃_1 = x_1
-                    g.trace = [self._synapse_input(g.source, step).detach()]
-                self.fused_ran = False
+                    # the binding step ran before the substitution existed: x̃_1 = x_1, f_1 = 1
+                    x = self._synapse_input(g.source, step).detach()
+                    g.trace = [x if g.role == "weight" else 1.0]
                 continue
             if g.form == "full-jacobian":
                 self._advance_full(g, d, jac, current, step, previous, jacobians)
@@ -101,6 +101,7 @@ class TraceUpdates:
             else:
                 old = g.trace or [None] * d.num_states
                 g.trace = T.update_elementwise(d.state, d.params[g.key], old, like)
+        self.fused_ran = False
 
     def _advance_full(self, g, d, jac, current, step, previous, jacobians) -> None:
         """One step of a full-Jacobian trace over the states the group keeps."""

@@ -102,6 +102,40 @@ def test_trace_form_against_oracle(conv, reset, form, fused, depth):
     assert max(compare(whole, reference).values()) <= TOL
 
 
+@pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_all_fused_layer_against_oracle(conv, depth):
+    """With no neuron parameter trained, a fused layer's weight and bias both take their
+    gradient from the synapse's own backward (the bias through its filtered-input scale) and the
+    layer adds no history node. Exact against the oracle, per step and in one backward."""
+    torch.manual_seed(2)
+    net = ToyNet(conv, "subtract", depth, fused=True)
+    for cell in (net.lif1, getattr(net, "lif2", None)):
+        if cell is not None:
+            cell.threshold.requires_grad_(False)
+    shape = (10, 3, 2, 4, 4) if conv else (10, 3, 8)
+    x = torch.rand(*shape, dtype=DT) * 1.5
+    target = torch.randn(10, 3, 2, dtype=DT)
+    rates: list = []
+    run = _runner(net, x, target, rates)
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        next(iter(run()))  # one step binds the layers
+        layer = learner.layers["lif1"]
+        assert layer.all_fused
+        assert [(g.name, g.fused) for g in layer.groups] == [
+            ("syn1.weight", True),
+            ("syn1.bias", True),
+        ]
+    rates.clear()  # (the spike rates of the whole sequences below)
+    grads, owners, order = ostl_gradients(net, run)
+    assert_spiking(torch.tensor(rates).mean(0).tolist())
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL
+    whole, _, _ = ostl_gradients(net, run, per_step=False)
+    assert max(compare(whole, reference).values()) <= TOL
+
+
 def test_presynaptic_trace_is_input_sized():
     """The factorised form stores [B, I] per state, never [B, N, I]."""
     net = ToyNet(conv=False, reset="subtract", depth=1)
@@ -214,12 +248,14 @@ def test_mixed_per_synapse_form_against_oracle():
     assert max(compare(grads, reference).values()) <= TOL
 
 
-def test_fused_layer_restarts_cleanly_from_a_none_state():
+@pytest.mark.parametrize("train_threshold", [True, False], ids=["history-node", "all-fused"])
+def test_fused_layer_restarts_cleanly_from_a_none_state(train_threshold):
     """Regression: a None state after a first sequence, with no learner.reset(), must give the
     same gradient as a fresh learner even though the synapse computed x̃ before the neuron saw
     that a new sequence starts."""
     torch.manual_seed(4)
     net = ToyNet(conv=False, reset="subtract", depth=1, fused=True)
+    net.lif1.threshold.requires_grad_(train_threshold)
     x = torch.rand(2, 6, 3, 8, dtype=DT) * 1.5
     target = torch.randn(6, 3, 2, dtype=DT)
 
@@ -233,11 +269,11 @@ def test_fused_layer_restarts_cleanly_from_a_none_state():
         sequence(0)
         net.zero_grad()
         sequence(1)  # starts from None: a new sequence, no reset() called
-        continued = {n: p.grad.clone() for n, p in net.named_parameters()}
+        continued = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
     net.zero_grad()
     with snn_ostl.OSTL(net):
         sequence(1)
-        fresh = {n: p.grad.clone() for n, p in net.named_parameters()}
+        fresh = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
     assert max(compare(continued, fresh).values()) <= TOL
 
 
