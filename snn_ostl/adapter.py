@@ -198,7 +198,10 @@ class ElementwiseAdapter(CellAdapter):
         Then, with factorised traces, ``ĝ_{t-1} = J ∂L/∂s_t`` exactly and the whole synapse
         weight gradient is the synapse's own backward evaluated at the filtered input: the
         learner substitutes ``x̃_t`` for ``x_t`` among the tensors the synapse saves for backward,
-        so OSTL costs the same matrix products as BPTT.
+        so OSTL costs the same matrix products as BPTT. The bias gets its filtered input (a
+        number) the same way, and a layer with no other trained parameter keeps no history
+        node. Such a layer reads ``J`` (from :meth:`derivatives`) at the first step of each
+        sequence only: return True only where ``J`` cannot change within a sequence.
         """
         return False
 

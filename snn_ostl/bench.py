@@ -8,7 +8,8 @@ built three ways: snnTorch ``Leaky`` (factorised, fused presynaptic traces), Nor
 
 ``--check`` runs a small configuration and fails when the ratios regress past generous
 bounds: a regression check on ratios, never on absolute times. Per-synapse networks are also
-timed with ``OSTL(flush_every=W)`` (``--flush-every``, 16 by default), where their history
+timed with ``OSTL(flush_every=W)`` (``--flush-every``, comma-separated, 16 by default: a window
+that is full by T = 20, so that the memory column compares full windows), where their history
 terms reach ``.grad`` every W steps and before each optimizer step (:mod:`snn_ostl.window`).
 A floor row (``--no-floor`` leaves it out) times the same loop without a learner, the state
 detached between steps: what a per-step backward costs by itself, whatever computes it.
@@ -143,7 +144,7 @@ def measure(
     flush_every = int(method.partition("/")[2] or 1)
 
     # One learner for every run, reset before each sequence, as in a training loop.
-    learner = snn_ostl.OSTL(model, flush_every=flush_every) if method != "bptt" else None
+    learner = snn_ostl.OSTL(model, flush_every=flush_every) if method.startswith("ostl") else None
 
     def run_ostl(n: int) -> float:
         learner.reset()
@@ -194,7 +195,7 @@ def measure(
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**20
-    return {"ms_per_step": 1e3 * elapsed / steps, "peak_mib": peak}
+    return {"ms_per_step": 1e3 * elapsed / steps, "peak_mib": peak, "learner": learner is not None}
 
 
 def _child(network, method, steps, batch, device, sizes, timeout) -> Cell:
@@ -225,8 +226,9 @@ def _parse(argv):
                    help="skip BPTT above this T (it stores the whole sequence)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1,
                    help="run every cell this many times in turn; keep the best time")  # fmt: skip
-    p.add_argument("--flush-every", type=int, default=16,
-                   help="also time per-synapse nets with flush_every=N; 1: no")  # fmt: skip
+    p.add_argument("--flush-every", default="16",
+                   help="also time per-synapse nets with flush_every=N (comma-separated "
+                        "values; 1: no)")  # fmt: skip
     p.add_argument("--no-floor", dest="floor", action="store_false",
                    help="leave out the reference row without a learner")  # fmt: skip
     p.add_argument("--out", default=None, help="write the table and a JSON file here")
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"snn-ostl bench: --networks: unknown {n!r}; choose from {', '.join(NETWORKS)}")
             return 2
     steps_list = [int(s) for s in args.steps.split(",")]
+    flush_every = [int(w) for w in args.flush_every.split(",") if w]
     sizes = [int(s) for s in args.sizes.split(",")]
     batch = args.batch
     if args.check:
@@ -263,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     def methods(network: str) -> tuple[str, ...]:
         # flush_every changes nothing for factorised traces: time it where traces are per-synapse
         out = ("bptt", "ostl")
-        if args.flush_every > 1 and network in PER_SYNAPSE:
-            out += (f"ostl/{args.flush_every}",)
+        if network in PER_SYNAPSE:
+            out += tuple(f"ostl/{w}" for w in flush_every if w > 1)
         return out if args.check or not args.floor else (*out, FLOOR)
 
     jobs = [(n, m, t) for n in networks for t in steps_list for m in methods(n)]

@@ -65,7 +65,7 @@ def _variants(cells: list[Cell], network: str, floor: bool = True) -> list[str]:
     """The methods compared with BPTT: ``ostl``, then ``ostl/W``, then the floor row."""
     wanted = ("ostl", FLOOR) if floor else ("ostl",)
     found = {c.method for c in cells if c.network == network and c.method.startswith(wanted)}
-    return sorted(found, key=lambda m: (m == FLOOR, m != "ostl", m))
+    return sorted(found, key=lambda m: (m == FLOOR, int(m.partition("/")[2] or 0)))
 
 
 def _label(method: str) -> str:

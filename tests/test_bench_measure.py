@@ -13,3 +13,4 @@ def test_every_cell_runs(network, method):
     result = measure(network, method, steps=3, batch=2, device="cpu", sizes=[8, 6, 6, 3],
                      repeats=1)  # fmt: skip
     assert result["ms_per_step"] > 0 and result["peak_mib"] > 0
+    assert result["learner"] == method.startswith("ostl")  # the floor row runs without one
