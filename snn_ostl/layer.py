@@ -270,7 +270,7 @@ class Layer(TraceUpdates):
                 g.window.close()
                 g.window = None
             else:
-                g.window.flush(g.window.needed())
+                g.window.settle()
 
     def check(self, prev: Sequence[Tensor], current: Tensor) -> None:
         """Refuse a state that does not fit the traces (new batch, shape, dtype, device)."""

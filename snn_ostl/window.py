@@ -162,6 +162,8 @@ class Window:
         #: Step τ -> the traces its backward contracts (presynaptic states' inputs ``[B, I]``).
         self.inputs: dict[int, list] = {}
         self.closed = False
+        #: The base went to :attr:`spares` at :meth:`close`: no backward may reach it again.
+        self.released = False
         self._refs: weakref.WeakSet[WindowRef] = weakref.WeakSet()
         self._bytes = 0
         self._zero: Tensor | None = None
@@ -204,12 +206,17 @@ class Window:
 
     def add(self, ref: WindowRef, grads: dict[int, Tensor]) -> None:
         """Record the state gradients ``L_τ`` (``[B, N]`` per state) of ``ref``'s step."""
-        if ref.index < self.index:
+        if ref.index < self.index or self.released:
+            past = (
+                "its sequence was already ended by learner.reset() or detach(), which gave "
+                "the per-synapse traces to the next sequence"
+                if self.released
+                else f"the per-synapse traces were already flushed up to step {self.index}"
+            )
             raise StateError(
-                f"{self.where}: a backward pass reached step {ref.index} of the sequence, but the "
-                f"per-synapse traces were already flushed up to step {self.index} "
-                "(OSTL(..., flush_every=...)). Backpropagate each step before the next flush "
-                "(before optimizer.step(), learner.flush() or learner.reset()), or use "
+                f"{self.where}: a backward pass reached step {ref.index} of the sequence, but "
+                f"{past} (OSTL(..., flush_every=...)). Backpropagate each step before the next "
+                "flush (before optimizer.step(), learner.flush() or learner.reset()), or use "
                 "flush_every=1."
             )
         ref.ran = True
@@ -222,18 +229,30 @@ class Window:
         if self.closed:  # the learner was reset or detached: nobody else will flush
             self.flush(self.index)
 
-    def close(self) -> None:
-        """Flush what can be flushed; later backward passes flush themselves.
+    def settle(self) -> None:
+        """Flush for a reader of ``.grad`` (``learner.flush()``, ``optimizer.step()``).
 
-        When no step can reach the base any more (every step's trace is older than it), the
-        base is handed to :attr:`spares`: a new sequence then skips a fresh allocation of the
-        largest tensor (on a CPU, page faults for every byte of it).
+        Every recorded term reaches ``.grad``. The base moves only once half a window has
+        passed: at the end of a sequence (an optimizer step, then ``reset()``) moving it would
+        be wasted work, while a flush at every step still keeps the products small.
         """
-        self.flush(self.needed())
+        target = self.needed()
+        self.flush(target if target - self.index >= max(1, self.every // 2) else self.index)
+
+    def close(self) -> None:
+        """Flush the recorded terms (the base stays: the sequence ends); later backward passes
+        flush themselves.
+
+        When no backward is waiting, the base is handed to :attr:`spares`: a new sequence then
+        skips a fresh allocation of the largest tensor (on a CPU, page faults for every byte of
+        it), and a second backward through one of this sequence's steps is refused.
+        """
+        self.flush(self.index)
         self.closed = True
-        if self.base is not None and all(r.index < self.index for r in self._refs):
+        if self.base is not None and all(r.ran for r in self._refs):
             self.spares[:] = list(self.base.values())
             self.base = None
+            self.released = True
 
     # ------------------------------------------------------------------ the maths
     def _adjoint(self) -> tuple[dict[int, Tensor], Pairs]:

@@ -124,19 +124,44 @@ def test_window_stays_bounded_and_holds_one_base():
         assert "every 4 steps" in learner.summary()
 
 
-def test_second_backward_after_a_flush_is_refused():
+def _three_steps_twice_backward(learner_options: dict, finish: str) -> torch.Tensor | None:
+    """Three steps with a retained graph, ``finish`` on the learner, then the last loss's
+    backward again; returns the weight's .grad."""
     net = _net()
     x, target = data(steps=4)
-    with snn_ostl.OSTL(net, flush_every=8) as learner:
+    with snn_ostl.OSTL(net, **learner_options) as learner:
         learner.reset()
         states = [None, None]
         for t in range(3):
             out, states = net(x[t], states)
             loss = ((out - target[t]) ** 2).sum()
             loss.backward(retain_graph=True)
+        getattr(learner, finish)()
+        loss.backward()
         learner.flush()
-        with pytest.raises(snn_ostl.StateError, match="already flushed"):
-            loss.backward()
+        return net.cells[0].weight.grad.clone()
+
+
+def test_second_backward_after_a_flush_that_moved_the_base_is_refused():
+    # flush_every=2: the flush moves the base past the last step
+    with pytest.raises(snn_ostl.StateError, match="already flushed up to step"):
+        _three_steps_twice_backward({"flush_every": 2}, "flush")
+
+
+def test_second_backward_after_a_reset_is_refused():
+    # flush_every=2: the base exists by then, and reset() gives it to the next sequence
+    with pytest.raises(snn_ostl.StateError, match=r"ended by learner\.reset"):
+        _three_steps_twice_backward({"flush_every": 2}, "reset")
+
+
+def test_second_backward_after_a_flush_that_kept_the_base_adds_its_terms_again():
+    """Under half a window the flush keeps the base: a second backward is then counted again,
+    like autograd counts it, and equals the per-step learner that keeps every snapshot."""
+    windowed = _three_steps_twice_backward({"flush_every": 8}, "flush")
+    snapshots = _three_steps_twice_backward({"advance_in_backward": False}, "flush")
+    once = _three_steps_twice_backward({"advance_in_backward": False}, "__repr__")
+    assert (snapshots - once).abs().max() == 0  # (the flush changes nothing there)
+    torch.testing.assert_close(windowed, snapshots, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
