@@ -66,6 +66,43 @@ def presynaptic_states(jac: Sequence[Sequence[Partial]], current: Sequence[Parti
     return frozenset(states)
 
 
+def _same(a: Partial, b: Partial) -> bool:
+    return a is b or (_number(a) and _number(b) and a == b)
+
+
+def _filtered_alias(terms, x, jac, current, e, new, presynaptic) -> tuple[Partial, Tensor] | None:
+    """``(q / r, x̄^m_t)`` when a per-synapse state's input terms are ``q / r`` times a
+    presynaptic state's new filtered input, else None.
+
+    It holds when the terms share one coefficient q and the presynaptic state m reads the same
+    traces (and input) with one number r: ``x̄^m_t = r (Σ_j x̄^j_{t-1} + x_t)``. Norse's
+    ``LIFCell`` is such a case (the current jumps first, then the membrane reads it), and the
+    chain rule makes it common. The step then brings no vector of its own: a window's matrix
+    products over (coefficient, vector) pairs get half as wide, and no ``[B, I]`` sum is formed.
+    """
+    if not terms or not all(_same(c, terms[0][0]) for c, _ in terms):
+        return None
+    read = {id(v) for _, v in terms}
+    uses_x = any(v is x for _, v in terms)
+    for m in sorted(presynaptic):
+        if new[m] is None:
+            continue
+        # (partial of x̄^m on a vector, whether state k's terms read that vector)
+        reads = [(jac[m][j], id(e[j]) in read) for j in presynaptic if e[j] is not None]
+        reads.append((current[m], uses_x))
+        if any(_nonzero(p) != used for p, used in reads):
+            continue
+        ratios = [p for p, used in reads if used]
+        if _number(ratios[0]) and all(_same(p, ratios[0]) for p in ratios):
+            q, r = terms[0][0], ratios[0]
+            return (q if r == 1 else q / r), new[m].contiguous()
+    return None
+
+
+def _nonzero(p: Partial) -> bool:
+    return p is not None and not (_number(p) and p == 0)
+
+
 def _neuron_major(partial: Partial, batch: int, neurons: int, batch_major: bool) -> Partial:
     """A [B, N]-broadcastable partial as a contiguous [N, B, 1] tensor (numbers pass through).
 
@@ -165,6 +202,10 @@ def plan(
         ]
         terms = [(row[j], e[j]) for j in presynaptic if row[j] is not None and e[j] is not None]
         terms += [(current[k], x)] if current[k] is not None else []
+        alias = _filtered_alias(terms, x, jac, current, e, new, presynaptic)
+        if alias is not None:
+            broadcast[k] = [(_neuron_major(alias[0], batch, neurons, batch_major), alias[1])]
+            continue
         merged: list[tuple[Partial, Tensor]] = []
         for coef, vec in terms:
             for m, (other, acc) in enumerate(merged):

@@ -105,6 +105,59 @@ def test_advance_in_place_and_elsewhere(neurons, chunk, seed):
     assert in_place[0] is e[0] and elsewhere[0] is not e[0]
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.8])
+def test_membrane_reading_the_new_current_reuses_its_filtered_input(scale):
+    """Norse's order (the current jumps first, the membrane reads it): the membrane's input term
+    is the current's new filtered input times a number, so the step brings no vector of its own."""
+    gen = torch.Generator().manual_seed(0)
+    batch, neurons, width = 3, 4, 5
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=DT)
+
+    gate = rand(batch, neurons)  # ∂v_t/∂i_t: one tensor for both of v's input terms
+    jac = [[rand(batch, neurons), gate], [None, scale]]
+    current = [gate, scale]
+    e = [rand(neurons, batch, width), rand(batch, width)]
+    x = rand(batch, width)
+    new, step = PS.plan(jac, current, e, x, neurons, frozenset({1}))
+    ((_, vec),) = step.broadcast[0]
+    assert vec is new[1]  # x̄_t = scale (x̄_{t-1} + x_t), no sum of its own
+    expanded = [[jac[0][0], gate], [torch.zeros_like(gate), torch.full_like(gate, scale)]]
+    want = _reference_advance(expanded[:1], current[:1], [e[0], e[1].expand(neurons, -1, -1)], x)[0]
+    got = PS.advance(step, new)[0]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["own coefficient", "other decay", "current elsewhere"])
+def test_input_terms_that_are_not_a_multiple_keep_their_own_vector(case):
+    """No alias unless the terms share one coefficient and the filtered input uses one number."""
+    gen = torch.Generator().manual_seed(1)
+    batch, neurons, width = 2, 3, 4
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=DT)
+
+    gate = rand(batch, neurons)
+    jac = [[rand(batch, neurons), gate], [None, 0.8]]
+    current = [gate, 0.8]
+    if case == "own coefficient":
+        current[0] = gate.clone()  # equal values, but not known to be the same
+    elif case == "other decay":
+        jac[1][1] = 0.7  # x̄_t = 0.7 x̄_{t-1} + 0.8 x_t
+    else:
+        current[0] = None  # v reads i_{t-1} only; x̄_t also holds x_t
+    e = [rand(neurons, batch, width), rand(batch, width)]
+    x = rand(batch, width)
+    new, step = PS.plan(jac, current, e, x, neurons, frozenset({1}))
+    assert all(vec is not new[1] for _, vec in step.broadcast[0])
+    dense = [torch.zeros_like(gate) if c is None else c for c in current]
+    want = _reference_advance(
+        [[jac[0][0], gate]], dense[:1], [e[0], e[1].expand(neurons, -1, -1)], x
+    )[0]
+    torch.testing.assert_close(PS.advance(step, new)[0], want, rtol=1e-12, atol=1e-12)
+
+
 def _net():
     torch.manual_seed(0)
     return StackNet([8, 6, 5], threshold=0.3)  # feed-forward SNU: per-synapse traces
