@@ -54,13 +54,13 @@ class ForwardHooks:
             ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
             ctx.__enter__()
             self._saving[module] = ctx
+            layer.swap_bias(module)  # inside the hooks: see Layer.swap_bias
         return new_args
 
     def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         ctx = self._saving.pop(module, None)
         if ctx is not None:
-            if output is not None:  # inside the saved-tensor hooks (see Layer.fused_output)
-                output = self._fused[module].fused_output(output)
+            self._fused[module].restore_bias()
             ctx.__exit__(None, None, None)
         if output is None or not torch.is_grad_enabled():  # None: forward raised
             return output

@@ -74,6 +74,7 @@ class Layer(TraceUpdates):
         self._fused_roles: dict[str, TraceGroup] = {}
         self._bias_scale: Tensor | None = None
         self._bias_zero: Tensor | None = None
+        self._swapped: nn.Module | None = None  # the synapse running with a scaled bias
 
     # ------------------------------------------------------------------ planning
     @property
@@ -198,29 +199,45 @@ class Layer(TraceUpdates):
         self._bias_scale = None
         return filtered
 
-    def fused_output(self, output: Tensor) -> Tensor:
-        """The synapse's output, with the fused bias's gradient scaled by its filtered input.
+    def swap_bias(self, synapse: nn.Module) -> None:
+        """Run the synapse with a bias whose gradient is scaled by its filtered input.
 
         The synapse's own backward gives the bias ``Σ ∂L/∂a_t`` (its input is 1); the trace asks
-        for ``f_t Σ ∂L/∂a_t`` with ``f_t = J f_{t-1} + 1``. Adding ``(f_t - 1)(b - b.detach())``
-        changes no value and adds the missing ``(f_t - 1) Σ ∂L/∂a_t`` in the same backward, so
-        hooks on the bias still see one gradient. Called while the synapse's saved-tensor hooks
-        are active, so that :meth:`reset` may still zero the scale of this very step.
+        for ``f_t Σ ∂L/∂a_t`` with ``f_t = J f_{t-1} + 1``. The synapse runs with
+        ``b + (f_t - 1)(b - b.detach())`` in place of ``b``: the same values, and the missing
+        ``(f_t - 1) Σ ∂L/∂a_t`` reaches ``b`` in the same backward, so hooks on the bias still
+        see one gradient. The swap goes through the module's parameter dict, as
+        ``torch.func.functional_call`` does; it costs an [N] product where scaling the [B, N]
+        output would cost a batch-sized one in every forward and backward. Called while the
+        synapse's saved-tensor hooks are active, so that :meth:`reset` may still zero the scale
+        of this very step; :meth:`restore_bias` puts the parameter back when the synapse's
+        forward returns (or raises).
         """
         g = self.fused_bias
         if g is None or not g.trace or g.trace[0] == 1.0:
-            return output
+            return
+        bias = g.param
+        if synapse._parameters.get("bias") is not bias:
+            raise StateError(
+                f"{self.synapse_path} ({type(synapse).__name__}): its bias is no longer the "
+                f"parameter {g.name} that the learner trains (it was replaced after the first "
+                "step). Replace parameters before attaching the learner, or attach a new one."
+            )
         zero = self._bias_zero
-        if zero is None or zero.dtype != output.dtype or zero.device != output.device:
+        if zero is None or zero.dtype != bias.dtype or zero.device != bias.device:
             # b - b.detach(): zeros whose gradient reaches b. Its node saves no tensor, so one
             # serves every step (built again if the model moves).
-            bias = g.param
-            if g.op is not None and g.op.kind != "linear":  # a conv bias is per channel
-                bias = bias.reshape(-1, *([1] * (output.dim() - 2)))
             zero = self._bias_zero = bias - bias.detach()
-        scale = torch.full((), g.trace[0] - 1.0, dtype=output.dtype, device=output.device)
+        scale = torch.full((), g.trace[0] - 1.0, dtype=bias.dtype, device=bias.device)
         self._bias_scale = scale
-        return torch.addcmul(output, zero, scale)
+        synapse._parameters["bias"] = torch.addcmul(bias, zero, scale)
+        self._swapped = synapse
+
+    def restore_bias(self) -> None:
+        """Give the synapse its bias parameter back (after :meth:`swap_bias`)."""
+        synapse, self._swapped = self._swapped, None
+        if synapse is not None:
+            synapse._parameters["bias"] = self.fused_bias.param
 
     @property
     def parameters(self) -> list[nn.Parameter]:
