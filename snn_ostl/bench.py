@@ -1,10 +1,11 @@
 """``snn-ostl bench``: OSTL against BPTT, time per step and peak memory, in one run.
 
-Every (network, method, T) cell runs in a fresh child process so that its peak resident memory
-(``ru_maxrss``, what the operating system saw) belongs to it alone; the table prints ratios
-against BPTT measured in the same run. The networks are the paper's 784-256-256-10 MNIST net
-built three ways: snnTorch ``Leaky`` (factorised, fused presynaptic traces), Norse ``LIFCell``
-(per-synapse traces: Norse's reset is a differentiable gate) and the native SNU.
+For each network and T one child process times every method in turn (BPTT, OSTL, the floor),
+each on its own copy of the network, alternating the runs so that a slow spell of a shared
+machine hits all methods alike; the table prints their ratios. Each (network, method, T) cell
+then runs once more in a fresh child process of its own, so that its peak resident memory
+(``ru_maxrss``, what the operating system saw) belongs to it alone. The networks are in
+:mod:`snn_ostl.bench_nets`.
 
 ``--check`` runs a small configuration and fails when the ratios regress past generous
 bounds: a regression check on ratios, never on absolute times. Per-synapse networks are also
@@ -18,7 +19,6 @@ detached between steps: what a per-step backward costs by itself, whatever compu
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -26,115 +26,31 @@ import subprocess
 import sys
 import time
 
-from snn_ostl.bench_table import FLOOR, Cell, best_of_rounds, check, render, targets
+from snn_ostl.bench_nets import NETWORKS, PER_SYNAPSE, build
+from snn_ostl.bench_table import FLOOR, Cell, check, render, targets
 
-__all__ = ["NETWORKS", "main", "measure"]
+__all__ = ["FRAMES", "main", "measure", "measure_times"]
 
-NETWORKS = {
-    "snntorch-leaky": "snnTorch Leaky (presynaptic, fused)",
-    "norse-lif": "Norse LIFCell (per-synapse)",
-    "native-snu": "snn_ostl SNU (per-synapse)",
-}
-
-
-#: The networks whose weights have per-synapse traces (where ``flush_every`` matters).
-PER_SYNAPSE = ("norse-lif", "native-snu")
+#: Input frames drawn once per process and cycled through: drawing a [128, 784] Bernoulli frame
+#: takes 0.7 ms here, 40 % of a BPTT step, which would dilute every ratio if timed. A fixed
+#: count keeps the memory they take the same at every T.
+FRAMES = 32
 
 
-def _detached(model, state):
-    """A state of nested tuples, lists and NamedTuples, cut from the graph of earlier steps."""
-    import torch
-
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(_detached(model, s) for s in state))
-    if isinstance(state, (tuple, list)):
-        return type(state)(_detached(model, s) for s in state)
-    return state
-
-
-def _build(network: str, sizes: tuple[int, ...]):
-    """Model, ``step(model, x_t, state) -> (output, state)``, ``reset(model)`` and
-    ``detach(model, state) -> state`` (cuts the previous steps off, for the floor row)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    if network == "snntorch-leaky":
-        import snntorch as snn
-
-        for a, b in itertools.pairwise(sizes[:-1]):
-            layers += [nn.Linear(a, b), snn.Leaky(beta=0.9, init_hidden=True)]
-        layers.append(nn.Linear(sizes[-2], sizes[-1]))
-        model = nn.Sequential(*layers)
-
-        def step(m, x, state):
-            return m(x), None
-
-        def reset(m):
-            for layer in m:
-                if isinstance(layer, snn.Leaky):
-                    layer.reset_mem()
-
-        def detach(m, state):
-            for layer in m:  # this instance's state only (not snnTorch's class-wide detach)
-                if isinstance(layer, snn.Leaky):
-                    layer.mem = layer.mem.detach()
-            return state
-
-        return model, step, reset, detach
-    if network == "norse-lif":
-        import norse.torch as norse
-
-        for a, b in itertools.pairwise(sizes[:-1]):
-            layers += [nn.Linear(a, b), norse.LIFCell()]
-        layers.append(nn.Linear(sizes[-2], sizes[-1]))
-        model = norse.SequentialState(*layers)
-        return model, (lambda m, x, state: m(x, state)), (lambda m: None), _detached
-    if network == "native-snu":
-        import snn_ostl
-
-        class SNUNet(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.cells = nn.ModuleList(
-                    snn_ostl.SNU(a, b, threshold=0.5) for a, b in itertools.pairwise(sizes[:-1])
-                )
-                self.readout = nn.Linear(sizes[-2], sizes[-1])
-
-            def forward(self, x, states):
-                states = states or [None] * len(self.cells)
-                new = []
-                for cell, s in zip(self.cells, states):
-                    x, s = cell(x, s)
-                    new.append(s)
-                return self.readout(x), new
-
-        return SNUNet(), (lambda m, x, state: m(x, state)), (lambda m: None), _detached
-    raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
-
-
-def measure(
-    network: str, method: str, steps: int, batch: int, device: str, sizes, repeats: int = 3
-) -> dict:
-    """Run one cell in this process; returns ms per step (best of ``repeats``) and peak memory."""
+def _loop(network: str, method: str, steps: int, batch: int, device: str, sizes):
+    """One method's timed loop on its own model: ``(run(n) -> seconds, model, learner)``."""
     import torch
     from torch import nn
 
     import snn_ostl
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, step, reset, detach = _build(network, tuple(sizes))
+    model, step, reset, detach = build(network, tuple(sizes))
     model.to(device)
-    gen = torch.Generator().manual_seed(1)
-    rate = torch.full((batch, sizes[0]), 0.2)
+    gen = torch.Generator().manual_seed(1)  # every method sees the same frames and targets
+    rate = torch.full((FRAMES, batch, sizes[0]), 0.2)
+    frames = torch.bernoulli(rate, generator=gen).to(device)
     targets = torch.randint(0, sizes[-1], (steps, batch), generator=gen).to(device)
     loss_fn = nn.CrossEntropyLoss()
-
-    def inputs(t: int):
-        return torch.bernoulli(rate, generator=gen).to(device)
 
     def sync():
         if device.startswith("cuda"):
@@ -142,7 +58,6 @@ def measure(
 
     # "ostl/32": per-synapse history terms flushed into .grad every 32 steps
     flush_every = int(method.partition("/")[2] or 1)
-
     # One learner for every run, reset before each sequence, as in a training loop.
     learner = snn_ostl.OSTL(model, flush_every=flush_every) if method.startswith("ostl") else None
 
@@ -153,7 +68,7 @@ def measure(
         sync()
         start = time.perf_counter()
         for t in range(n):
-            out, state = step(model, inputs(t), state)
+            out, state = step(model, frames[t % FRAMES], state)
             loss_fn(out, targets[t]).backward()
         learner.flush()  # timed: .grad is complete here
         sync()
@@ -165,7 +80,7 @@ def measure(
         sync()
         start = time.perf_counter()
         for t in range(n):
-            out, state = step(model, inputs(t), state)
+            out, state = step(model, frames[t % FRAMES], state)
             total = total + loss_fn(out, targets[t])
         total.backward()
         sync()
@@ -177,40 +92,104 @@ def measure(
         sync()
         start = time.perf_counter()
         for t in range(n):
-            out, state = step(model, inputs(t), detach(model, state))
+            out, state = step(model, frames[t % FRAMES], detach(model, state))
             loss_fn(out, targets[t]).backward()
         sync()
         return time.perf_counter() - start
 
     runs = {"bptt": run_bptt, FLOOR: run_detached}
     run = run_ostl if method.startswith("ostl") else runs[method]
+    return run, model, learner
+
+
+def _peak_mib(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    network: str, method: str, steps: int, batch: int, device: str, sizes, repeats: int = 1
+) -> dict:
+    """Run one cell alone in this process: ms per step (best of ``repeats``) and peak memory.
+
+    The benchmark calls it in a fresh child process per cell, for the memory column: the peak
+    resident memory (``ru_maxrss``) then belongs to this one method and T.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    run, model, learner = _loop(network, method, steps, batch, device, sizes)
     run(min(steps, 10))  # warm-up: allocator, thread pools, lazy init
-    # The best of a few runs: the least disturbed by whatever else the machine does.
     elapsed = float("inf")
     for _ in range(repeats):
         model.zero_grad(set_to_none=True)
         elapsed = min(elapsed, run(steps))
     if learner is not None:
         learner.detach()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    return {"ms_per_step": 1e3 * elapsed / steps, "peak_mib": peak, "learner": learner is not None}
+    return {
+        "ms_per_step": 1e3 * elapsed / steps,
+        "peak_mib": _peak_mib(device),
+        "learner": learner is not None,
+    }
 
 
-def _child(network, method, steps, batch, device, sizes, timeout) -> Cell:
-    repeats = 3 if steps <= 500 else 1
-    cmd = [sys.executable, "-m", "snn_ostl.bench", "--child", network, method, str(steps),
-           str(batch), device, ",".join(map(str, sizes)), str(repeats)]  # fmt: skip
+def measure_times(
+    network: str, methods: list[str], steps: int, batch: int, device: str, sizes, repeats: int
+) -> dict[str, float]:
+    """Time every method of one network and T in turn, ``repeats`` times: ms per step, best run.
+
+    Each method runs on its own copy of the network (same weights, frames and targets) with its
+    own learner; the runs alternate between methods, so that a slow spell of a shared machine
+    lands on all of them alike and the ratios stay fair.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    loops = {m: _loop(network, m, steps, batch, device, sizes) for m in methods}
+    for run, _, _ in loops.values():
+        run(min(steps, 10))  # warm-up: allocator, thread pools, lazy init
+    best = dict.fromkeys(methods, float("inf"))
+    for _ in range(repeats):
+        for method, (run, model, _) in loops.items():
+            model.zero_grad(set_to_none=True)
+            best[method] = min(best[method], run(steps))
+    for _, _, learner in loops.values():
+        if learner is not None:
+            learner.detach()
+    return {m: 1e3 * t / steps for m, t in best.items()}
+
+
+def _child(args: list[str], timeout: float) -> tuple[dict | None, str]:
+    """Run ``snn-ostl bench --child ...`` in a fresh process: (its JSON result, why not)."""
+    cmd = [sys.executable, "-m", "snn_ostl.bench", "--child", *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return Cell(network, method, steps, None, None, f"skipped: over {timeout}s")
+        return None, f"skipped: over {timeout:.0f}s"
     if out.returncode != 0:
         reason = "out of memory" if out.returncode in (-9, 137) else out.stderr.strip()[-200:]
-        return Cell(network, method, steps, None, None, f"failed: {reason}")
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    return Cell(network, method, steps, data["ms_per_step"], data["peak_mib"])
+        return None, f"failed: {reason}"
+    return json.loads(out.stdout.strip().splitlines()[-1]), ""
+
+
+def _measure_network(network, methods, steps, batch, device, sizes, rounds, timeout, progress):
+    """The cells of one network and T: times from one child that alternates the methods,
+    peak memory from one child per method."""
+    common = [str(steps), str(batch), device, ",".join(map(str, sizes))]
+    repeats = (3 if steps <= 500 else 1) * rounds
+    times, why = _child(["times", network, ",".join(methods), *common, str(repeats)],
+                        timeout * len(methods))  # fmt: skip
+    progress.update()
+    cells = []
+    for method in methods:
+        peak, note = _child(["memory", network, method, *common, "1"], timeout)
+        progress.update()
+        ms = times.get(method) if times else None
+        cells.append(Cell(network, method, steps, ms, peak and peak["peak_mib"], why or note))
+    return cells
 
 
 def _parse(argv):
@@ -221,11 +200,13 @@ def _parse(argv):
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--sizes", default="784,256,256,10", help="layer sizes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per cell before skipping")
+    p.add_argument("--timeout", type=float, default=900,
+                   help="seconds per method and T before skipping")  # fmt: skip
     p.add_argument("--bptt-max-steps", type=int, default=2000,
                    help="skip BPTT above this T (it stores the whole sequence)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1,
-                   help="run every cell this many times in turn; keep the best time")  # fmt: skip
+                   help="time each method this many times more (3 runs per round up to T=500, "
+                        "1 above); keep the best")  # fmt: skip
     p.add_argument("--flush-every", default="16",
                    help="also time per-synapse nets with flush_every=N (comma-separated "
                         "values; 1: no)")  # fmt: skip
@@ -237,7 +218,7 @@ def _parse(argv):
         action="store_true",
         help="small regression check on ratios; exits 1 when a bound is exceeded",
     )
-    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -245,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``snn-ostl bench``."""
     args = _parse(argv)
     if args.child:
-        network, method, steps, batch, device, sizes, repeats = args.child
-        result = measure(network, method, int(steps), int(batch), device,
-                         [int(s) for s in sizes.split(",")], int(repeats))  # fmt: skip
+        kind, network, methods, steps, batch, device, sizes, repeats = args.child
+        shape = (int(steps), int(batch), device, [int(s) for s in sizes.split(",")], int(repeats))
+        if kind == "times":
+            result = measure_times(network, methods.split(","), *shape)
+        else:
+            result = measure(network, methods, *shape)
         print(json.dumps(result))
         return 0
     networks = [n for n in args.networks.split(",") if n]
@@ -270,15 +254,19 @@ def main(argv: list[str] | None = None) -> int:
             out += tuple(f"ostl/{w}" for w in flush_every if w > 1)
         return out if args.check or not args.floor else (*out, FLOOR)
 
-    jobs = [(n, m, t) for n in networks for t in steps_list for m in methods(n)]
-    measured: list[Cell] = []
-    rounds = [job for _ in range(args.rounds) for job in jobs]
-    for network, method, steps in tqdm(rounds, desc="bench", unit="cell", file=sys.stderr):
-        if method == "bptt" and steps > args.bptt_max_steps:
-            measured.append(Cell(network, method, steps, None, None, "BPTT skipped (memory)"))
-            continue
-        measured.append(_child(network, method, steps, batch, args.device, sizes, args.timeout))
-    cells = best_of_rounds(measured)
+    jobs = [(n, t) for n in networks for t in steps_list]
+    cells: list[Cell] = []
+    progress = tqdm(total=sum(1 + len(methods(n)) for n, _ in jobs), desc="bench",
+                    unit="process", file=sys.stderr)  # fmt: skip
+    for network, steps in jobs:
+        wanted = list(methods(network))
+        if steps > args.bptt_max_steps:
+            wanted.remove("bptt")
+            cells.append(Cell(network, "bptt", steps, None, None, "BPTT skipped (memory)"))
+            progress.update()
+        cells += _measure_network(network, wanted, steps, batch, args.device, sizes,
+                                  args.rounds, args.timeout, progress)  # fmt: skip
+    progress.close()
     table = render(cells)
     import platform
 

@@ -14,7 +14,6 @@ __all__ = [
     "MEMORY_TARGET",
     "TIME_TARGETS",
     "Cell",
-    "best_of_rounds",
     "check",
     "render",
     "targets",
@@ -35,25 +34,6 @@ class Cell:
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
-
-
-def best_of_rounds(cells: list[Cell]) -> list[Cell]:
-    """One cell per (network, method, T): the fastest round's time, the largest peak memory.
-
-    Rounds run every cell once in turn, so a slow spell of a shared machine hits one round of a
-    cell rather than all of its repeats; memory keeps its worst case.
-    """
-    best: dict[tuple[str, str, int], Cell] = {}
-    for c in cells:
-        key = (c.network, c.method, c.steps)
-        old = best.get(key)
-        if old is None or old.ms_per_step is None:
-            best[key] = c
-        elif c.ms_per_step is not None:
-            peaks = [p for p in (old.peak_mib, c.peak_mib) if p is not None]
-            fastest = c if c.ms_per_step < old.ms_per_step else old
-            best[key] = Cell(*key, fastest.ms_per_step, max(peaks) if peaks else None, fastest.note)
-    return list(best.values())
 
 
 #: The reference run without a learner: the same per-step backward with the state detached

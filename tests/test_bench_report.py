@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from snn_ostl.bench_table import Cell, best_of_rounds, check, render, targets
+from snn_ostl.bench_table import Cell, check, render, targets
 
 
 def _cells(ostl_ms, bptt_ms, mib=(100.0, 101.0), network="norse-lif", steps=(20, 2000)):
@@ -76,19 +76,3 @@ def test_check_fails_on_a_ratio_or_memory_regression(capsys):
     assert check(growing) == 1
     out = capsys.readouterr().out
     assert "time ratio 30.00 > 7.0" in out and "memory grew 2.00x" in out
-
-
-def test_rounds_keep_the_fastest_time_and_the_largest_memory():
-    cells = [
-        Cell("norse-lif", "ostl", 20, 9.0, 400.0),
-        Cell("norse-lif", "bptt", 20, 3.0, 300.0),
-        Cell("norse-lif", "ostl", 20, 7.0, 410.0),
-        Cell("norse-lif", "bptt", 20, 4.0, 290.0),
-        Cell("norse-lif", "bptt", 2000, None, None, "BPTT skipped (memory)"),
-        Cell("norse-lif", "bptt", 2000, None, None, "BPTT skipped (memory)"),
-    ]
-    best = {(c.method, c.steps): c for c in best_of_rounds(cells)}
-    assert len(best) == 3
-    assert (best["ostl", 20].ms_per_step, best["ostl", 20].peak_mib) == (7.0, 410.0)
-    assert (best["bptt", 20].ms_per_step, best["bptt", 20].peak_mib) == (3.0, 300.0)
-    assert best["bptt", 2000].note == "BPTT skipped (memory)"
