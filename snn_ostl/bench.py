@@ -47,9 +47,10 @@ def _loop(network: str, method: str, steps: int, batch: int, device: str, sizes)
     model, step, reset, detach = build(network, tuple(sizes))
     model.to(device)
     gen = torch.Generator().manual_seed(1)  # every method sees the same frames and targets
-    rate = torch.full((FRAMES, batch, sizes[0]), 0.2)
+    rate = torch.full((FRAMES, batch, sizes[0]), 0.2, device=gen.device)
     frames = torch.bernoulli(rate, generator=gen).to(device)
-    targets = torch.randint(0, sizes[-1], (steps, batch), generator=gen).to(device)
+    targets = torch.randint(0, sizes[-1], (steps, batch), generator=gen, device=gen.device)
+    targets = targets.to(device)
     loss_fn = nn.CrossEntropyLoss()
 
     def sync():
@@ -271,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     cpu = platform.processor() or platform.machine()
+    device = args.device
+    if device.startswith("cuda"):
+        import torch
+
+        # the memory column is then the GPU's peak allocation, not the process's RSS
+        device += f" ({torch.cuda.get_device_name(device)}, peak MiB = max_memory_allocated)"
     head = (
         f"snn-ostl bench: batch {batch}, sizes {'-'.join(map(str, sizes))}, device "
-        f"{args.device}, {os.cpu_count()} cores, {cpu}"
+        f"{device}, {os.cpu_count()} cores, {cpu}"
     )
     summary = "" if args.check else targets(cells)
     print(head)

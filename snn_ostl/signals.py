@@ -56,16 +56,15 @@ class _DirectFeedback(torch.autograd.Function):
     def backward(ctx, *grads):  # type: ignore[override]
         num_out, shapes = ctx.num_out, ctx.shapes
         batch = shapes[0][0]
+        ref = next((g for g in grads if g is not None), None)
+        if ref is None:  # nothing reached the outputs: nothing to send down
+            return (None, None, *grads, *(None for _ in shapes[num_out:]))
         errors = [
-            torch.zeros(batch, math.prod(s[1:])) if g is None else g.reshape(batch, -1)
+            ref.new_zeros(batch, math.prod(s[1:])) if g is None else g.reshape(batch, -1)
             for g, s in zip(grads, shapes[:num_out])
         ]
-        ref = next((g for g in grads if g is not None), None)
-        error = torch.cat([e.to(ref) if ref is not None else e for e in errors], dim=1)
-        hidden = [
-            None if ref is None else (error @ m).reshape(s)
-            for m, s in zip(ctx.matrices, shapes[num_out:])
-        ]
+        error = torch.cat(errors, dim=1)
+        hidden = [(error @ m).reshape(s) for m, s in zip(ctx.matrices, shapes[num_out:])]
         return (None, None, *grads, *hidden)
 
 
@@ -93,7 +92,10 @@ class FeedbackSignals:
         if matrix is None:
             gen = torch.Generator().manual_seed(self.seed + len(self.matrices))
             bound = 1.0 / math.sqrt(max(fan_in, 1))
-            matrix = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            # drawn on the CPU generator's device whatever torch's default device: the same
+            # matrix on every device, then moved next to the weight it replaces
+            draw = torch.rand(shape, generator=gen, dtype=torch.float64, device=gen.device)
+            matrix = (draw * 2 - 1) * bound
             self.matrices[key] = matrix = matrix.to(dtype=like.dtype, device=like.device)
         return matrix
 

@@ -13,6 +13,34 @@ sys.path.insert(0, str(Path(__file__).parent / "engine"))
 SPIKE_RATE_RANGE = (0.02, 0.90)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device every test builds its tensors and models on (cpu, cuda, cuda:1...). "
+        "The same tests, the same tolerances: `pytest --device cuda` checks the CUDA paths.",
+    )
+
+
+def pytest_configure(config):
+    device = torch.device(config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda was asked for, but torch sees no CUDA device here")
+    if device.type == "cuda":
+        # float32 matrix products and convolutions in full float32, as on the CPU: TF32 would
+        # round them to 10 mantissa bits and no float32 tolerance of the suite would hold.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    # Factory calls without a device (torch.zeros, nn.Linear...) then land on the tested device.
+    torch.set_default_device(device)
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A generator on the device the suite runs on (``--device``): a CPU generator cannot
+    draw a CUDA tensor."""
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
+
+
 def assert_spiking(rates: list[float], what: str = "") -> None:
     """Neurons must actually spike, or every gradient comparison is vacuous."""
     lo, hi = SPIKE_RATE_RANGE

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from snn_ostl import bench
 from snn_ostl.bench import NETWORKS, measure, measure_times
 
 METHODS = ["bptt", "ostl", "ostl/2", "detached"]
-TINY = {"batch": 2, "device": "cpu", "sizes": [8, 6, 6, 3]}
+# on the device the suite runs on (pytest --device): the bench's CUDA paths under `--device cuda`
+TINY = {"batch": 2, "device": str(torch.get_default_device()), "sizes": [8, 6, 6, 3]}
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -91,22 +91,24 @@ def make_delay_task(
     steps = cue_steps + delay + recall_steps
     features = num_classes + 1 + num_noise_channels
     recall_start = cue_steps + delay
-    labels = torch.randint(num_classes, (batch_size,), generator=generator)
+    # every tensor on the generator's device, whatever torch's default device is
+    device = generator.device
+    labels = torch.randint(num_classes, (batch_size,), generator=generator, device=device)
 
-    inputs = torch.zeros(steps, batch_size, features)
+    inputs = torch.zeros(steps, batch_size, features, device=device)
     if noise > 0:
         # Where noise may appear: cue channels during the delay, distractors throughout.
-        noisy = torch.zeros(steps, 1, features, dtype=torch.bool)
+        noisy = torch.zeros(steps, 1, features, dtype=torch.bool, device=device)
         noisy[cue_steps:recall_start, :, :num_classes] = True
         noisy[:, :, num_classes + 1 :] = True
-        draws = torch.full((steps, batch_size, features), noise)
+        draws = torch.full((steps, batch_size, features), noise, device=device)
         inputs = torch.bernoulli(draws, generator=generator) * noisy
-    batch = torch.arange(batch_size)
+    batch = torch.arange(batch_size, device=device)
     inputs[:cue_steps, batch, labels] = 1.0
     inputs[recall_start:, :, num_classes] = 1.0
 
-    mask = torch.zeros(steps, batch_size, dtype=torch.bool)
+    mask = torch.zeros(steps, batch_size, dtype=torch.bool, device=device)
     mask[recall_start:] = True
-    targets = torch.full((steps, batch_size), IGNORE_INDEX, dtype=torch.int64)
+    targets = torch.full((steps, batch_size), IGNORE_INDEX, dtype=torch.int64, device=device)
     targets[recall_start:] = labels
     return DelayTask(inputs, targets, mask, labels)

@@ -55,6 +55,10 @@ def rate_code(
     # raise, and intensities slightly above 1 from rescaling should just mean "always fire".
     prob = (x * gain).clamp(0.0, 1.0)
     prob = prob.unsqueeze(0).expand(num_steps, *prob.shape)
+    if generator is not None and generator.device != prob.device:
+        # Draw where the generator lives and bring the spikes back: the same spikes for a
+        # seed whatever device the images are on.
+        return torch.bernoulli(prob.to(generator.device), generator=generator).to(prob.device)
     return torch.bernoulli(prob, generator=generator)
 
 
@@ -99,8 +103,10 @@ def to_tensors(x: np.ndarray, y: np.ndarray, *, scale: float = 1.0) -> tuple[Ten
     Returns:
         ``(x, y)`` as ``float32 [N, F]`` and ``int64 [N]`` tensors.
     """
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float64) / scale, dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    # Data sets live on the CPU, as a DataLoader's batches do, whatever torch's default device:
+    # the training loop moves each batch to the model's device.
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float64) / scale, dtype=torch.float32, device="cpu")
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.int64, device="cpu")
     return xt, yt
 
 
@@ -122,6 +128,8 @@ def pad_time_major(sequences: list[Tensor], *, pad_value: float = 0.0) -> tuple[
     """
     if not sequences:
         raise ValueError("pad_time_major needs at least one sequence")
-    lengths = torch.tensor([s.shape[0] for s in sequences], dtype=torch.int64)
+    # next to the sequences, whatever torch's default device
+    device = sequences[0].device
+    lengths = torch.tensor([s.shape[0] for s in sequences], dtype=torch.int64, device=device)
     padded = torch.nn.utils.rnn.pad_sequence(sequences, padding_value=pad_value)
     return padded, lengths

@@ -64,7 +64,7 @@ def steps_to_roll(steps: Sequence[Iterable[int]]) -> Tensor:
     Raises:
         ValueError: If a note lies outside 21..108.
     """
-    roll = torch.zeros(len(steps), NUM_KEYS, dtype=torch.float32)
+    roll = torch.zeros(len(steps), NUM_KEYS, dtype=torch.float32, device="cpu")
     for t, notes in enumerate(steps):
         for note in notes:
             key = int(note) - LOWEST_NOTE

@@ -155,7 +155,7 @@ def _read_wav(path: Path) -> tuple[int, np.ndarray]:
 def _batch(items: list[tuple[np.ndarray, int, str]], mean: np.ndarray, std: np.ndarray):
     seqs = [torch.from_numpy((f - mean) / std) for f, _, _ in items]
     x, lengths = pad_time_major(seqs)
-    labels = torch.tensor([d for _, d, _ in items], dtype=torch.int64)
+    labels = torch.tensor([d for _, d, _ in items], dtype=torch.int64, device=x.device)
     return SequenceBatch(x, lengths, labels, [s for _, _, s in items])
 
 

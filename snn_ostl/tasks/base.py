@@ -64,6 +64,12 @@ def generator(seed: int, *salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(value % 2**63)
 
 
+def shuffled(n: int, gen: torch.Generator) -> list[int]:
+    """A random order of ``range(n)`` drawn from ``gen``, on the generator's own device: under
+    ``torch.set_default_device("cuda")`` a CPU generator cannot draw a CUDA tensor."""
+    return torch.randperm(n, generator=gen, device=gen.device).tolist()
+
+
 def have_module(name: str) -> bool:
     """Whether ``name`` can be imported (without importing it)."""
     try:

@@ -24,13 +24,15 @@ def _image_batches(
     x: Tensor, y: Tensor, *, steps: int, batch_size: int, gain: float, gen: torch.Generator,
     shuffle: bool,
 ) -> Iterator[SeqBatch]:  # fmt: skip
-    order = torch.randperm(len(y), generator=gen) if shuffle else torch.arange(len(y))
+    n, device = len(y), y.device
+    order = torch.randperm(n, generator=gen, device=gen.device) if shuffle else torch.arange(n)
+    order = order.to(device)
     for start in range(0, len(y), batch_size):
         idx = order[start : start + batch_size]
         labels = y[idx]
         spikes = rate_code_images(x[idx], steps, gen, gain)
         target = labels.unsqueeze(0).expand(steps, -1).contiguous()
-        mask = torch.ones(steps, len(idx), dtype=torch.bool)
+        mask = torch.ones(steps, len(idx), dtype=torch.bool, device=spikes.device)
         yield SeqBatch(spikes, target, mask, labels)
 
 

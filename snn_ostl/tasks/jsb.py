@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from snn_ostl.tasks.base import Availability, Task, TaskData, generator, have_module
+from snn_ostl.tasks.base import Availability, Task, TaskData, generator, have_module, shuffled
 from snn_ostl.tasks.objectives import MultiLabel
 from snn_ostl.training import SeqBatch
 
@@ -34,7 +34,7 @@ def _music_batches(rolls: list[Tensor], batch_size: int, order: list[int]) -> It
         chosen = [rolls[i] for i in order[start : start + batch_size]]
         padded, lengths = pad_time_major(chosen)
         steps = padded.shape[0] - 1
-        mask = torch.arange(steps).unsqueeze(1) < (lengths - 1).unsqueeze(0)
+        mask = torch.arange(steps, device=lengths.device).unsqueeze(1) < (lengths - 1).unsqueeze(0)
         yield SeqBatch(padded[:-1], padded[1:], mask)
 
 
@@ -99,7 +99,7 @@ class JSBTask(Task):
         def train_batches(epoch: int) -> Iterator[SeqBatch]:
             order = list(range(len(train)))
             if config.get("shuffle"):
-                order = torch.randperm(len(train), generator=generator(seed, 0, epoch)).tolist()
+                order = shuffled(len(train), generator(seed, 0, epoch))
             return _music_batches(train, size, order)
 
         def test_batches() -> Iterator[SeqBatch]:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from snn_ostl.tasks.base import Availability, Task, TaskData, generator
+from snn_ostl.tasks.base import Availability, Task, TaskData, generator, shuffled
 from snn_ostl.tasks.objectives import IGNORE, Classification
 from snn_ostl.training import SeqBatch
 
@@ -68,10 +68,10 @@ def _batches(
     part: Any, order: list[int], batch_size: int, stride: int, last_only: bool
 ) -> Iterator[SeqBatch]:
     for start in range(0, len(order), batch_size):
-        idx = torch.tensor(order[start : start + batch_size])
+        idx = torch.tensor(order[start : start + batch_size], device=part.labels.device)
         lengths = (part.lengths[idx] + stride - 1) // stride
         x = part.x[::stride, idx][: int(lengths.max())]
-        steps = torch.arange(x.shape[0]).unsqueeze(1)
+        steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
         mask = steps == (lengths - 1) if last_only else steps < lengths
         labels = part.labels[idx]
         target = torch.where(
@@ -132,7 +132,7 @@ class SpeechTask(Task):
         n_train, n_test = len(split.train.labels), len(split.test.labels)
 
         def train(epoch: int) -> Iterator[SeqBatch]:
-            order = torch.randperm(n_train, generator=generator(seed, 0, epoch)).tolist()
+            order = shuffled(n_train, generator(seed, 0, epoch))
             return _batches(split.train, order, size, stride, last)
 
         def test() -> Iterator[SeqBatch]:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from snn_ostl.tasks.base import Availability, Task, TaskData, generator
+from snn_ostl.tasks.base import Availability, Task, TaskData, generator, shuffled
 from snn_ostl.tasks.objectives import NextToken, one_hot_steps
 from snn_ostl.training import SeqBatch
 
@@ -32,7 +32,7 @@ def _windows(ids: Tensor, seq_len: int, batch_size: int) -> list[tuple[Tensor, T
 def _batches(windows: list, order: list[int], vocab: int) -> Iterator[SeqBatch]:
     for i in order:
         inputs, targets = windows[i]
-        mask = torch.ones(targets.shape, dtype=torch.bool)
+        mask = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
         yield SeqBatch(one_hot_steps(inputs, vocab), targets, mask)
 
 
@@ -106,7 +106,7 @@ class TextTask(Task):
         test = _windows(held_out, seq_len, min(size, max(1, held_out.numel() // (seq_len + 1))))
 
         def train_batches(epoch: int) -> Iterator[SeqBatch]:
-            order = torch.randperm(len(train), generator=generator(seed, 0, epoch)).tolist()
+            order = shuffled(len(train), generator(seed, 0, epoch))
             return _batches(train, order, vocab)
 
         def test_batches() -> Iterator[SeqBatch]:

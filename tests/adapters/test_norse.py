@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_spiking
+from conftest import assert_spiking, seeded
 from torch import nn
 
 pytest.importorskip("norse")
@@ -148,7 +148,7 @@ def _runner(model: Layers, x, target, rates: list | None = None):
 
 def _tune(model: Layers, adapter, seed: int = 0):
     """Input scale and synapse gains that make every spiking layer fire 10-60% of the time."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     x = torch.rand(T, B, model.inputs, generator=gen, dtype=DT)
     target = torch.randn(T, B, 2, generator=gen, dtype=DT)
     if not adapter.spiking:

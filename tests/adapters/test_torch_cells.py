@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import seeded
 from snn_ostl.adapters import load_available
 from torch import nn
 
@@ -73,7 +74,7 @@ class Stack(nn.Module):
 
 
 def _data(inputs: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     x = torch.randn(T, B, inputs, generator=gen, dtype=DT)
     target = torch.randn(T, B, 2, generator=gen, dtype=DT)
     return x, target

@@ -29,7 +29,7 @@ def test_layout_of_a_silent_delay():
 
 def test_targets_work_with_cross_entropy_ignore_index():
     task = make_delay_task(4, num_classes=2, delay=3, seed=1)
-    logits = torch.zeros(*task.targets.shape, 2)
+    logits = torch.zeros(*task.targets.shape, 2, device=task.targets.device)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), task.targets.flatten())
     assert torch.isclose(loss, torch.log(torch.tensor(2.0)))
 

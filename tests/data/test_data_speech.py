@@ -51,7 +51,7 @@ def test_load_fsdd_from_the_shared_folder(recordings, monkeypatch):
     assert torch.isfinite(data.train.x).all()
     # Standardised with training statistics: valid training frames have mean 0, std 1.
     valid = torch.cat([data.train.x[:n, b] for b, n in enumerate(data.train.lengths)])
-    torch.testing.assert_close(valid.mean(0), torch.zeros(20), atol=1e-4, rtol=0)
+    torch.testing.assert_close(valid.mean(0), valid.new_zeros(20), atol=1e-4, rtol=0)
     assert "3 train / 3 test" in data.source and "CC BY-SA" in data.source
 
 

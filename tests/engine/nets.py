@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable
 
 import torch
+from conftest import seeded
 from torch import nn
 
 import snn_ostl
@@ -62,7 +63,7 @@ def stack_runner(
 
 
 def data(steps: int = 12, batch: int = 3, features: int = 8, seed: int = 0, scale: float = 2.0):
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     x = torch.rand(steps, batch, features, generator=gen, dtype=DT) * scale
     target = torch.randn(steps, batch, 2, generator=gen, dtype=DT)
     return x, target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import snntorch as snn
 import torch
+from conftest import seeded
 from torch import nn
 
 import snn_ostl
@@ -31,7 +32,7 @@ class LoopNet(nn.Module):
 
 
 def _data(steps):
-    gen = torch.Generator().manual_seed(0)
+    gen = seeded(0)
     return torch.rand(steps, 6, 12, generator=gen) * 2, torch.randint(0, 4, (6,), generator=gen)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_spiking
+from conftest import assert_spiking, seeded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nets import StackNet, data, mean_rates, stack_runner
@@ -38,7 +38,7 @@ def _reference_advance(jac, current, e, x):
 )
 def test_contract_and_advance_equals_contract_then_advance(neurons, chunk, mixing, numbers, seed):
     """Any chunking, with and without states that read each other, numbers or tensors."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     batch, width = 3, 5
 
     def rand(*shape):
@@ -77,7 +77,7 @@ def test_contract_and_advance_equals_contract_then_advance(neurons, chunk, mixin
 @given(neurons=st.integers(1, 6), chunk=st.integers(1, 7), seed=st.integers(0, 2**16))
 def test_advance_in_place_and_elsewhere(neurons, chunk, seed):
     """The advance without a backward: into the same tensors or into spare ones."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     batch, width = 2, 4
 
     def rand(*shape):
@@ -109,7 +109,7 @@ def test_advance_in_place_and_elsewhere(neurons, chunk, seed):
 def test_membrane_reading_the_new_current_reuses_its_filtered_input(scale):
     """Norse's order (the current jumps first, the membrane reads it): the membrane's input term
     is the current's new filtered input times a number, so the step brings no vector of its own."""
-    gen = torch.Generator().manual_seed(0)
+    gen = seeded(0)
     batch, neurons, width = 3, 4, 5
 
     def rand(*shape):
@@ -132,7 +132,7 @@ def test_membrane_reading_the_new_current_reuses_its_filtered_input(scale):
 @pytest.mark.parametrize("case", ["own coefficient", "other decay", "current elsewhere"])
 def test_input_terms_that_are_not_a_multiple_keep_their_own_vector(case):
     """No alias unless the terms share one coefficient and the filtered input uses one number."""
-    gen = torch.Generator().manual_seed(1)
+    gen = seeded(1)
     batch, neurons, width = 2, 3, 4
 
     def rand(*shape):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import seeded
 from torch import nn
 
 import snn_ostl
@@ -25,7 +26,7 @@ class TwoLayer(nn.Module):
 
 
 def _task(seed=0):
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     x = torch.rand(8, 16, 4, generator=gen, dtype=DT)
     target = torch.stack([x[..., :2].sum(-1), x[..., 2:].sum(-1) - x[..., :1].sum(-1)], -1)
     return x, target

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_spiking
+from conftest import assert_spiking, seeded
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nets import StackNet, data, mean_rates, stack_runner
@@ -212,7 +212,7 @@ def test_a_new_sequence_reuses_the_trace_buffer_unless_a_step_still_needs_it(flu
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_base_contraction_both_ways(per_sample):
     """The CPU loop and the GPU einsum of the base contraction, against a plain sum."""
-    gen = torch.Generator().manual_seed(0)
+    gen = seeded(0)
     lam = torch.randn(5, 4, generator=gen, dtype=torch.float64)
     base = torch.randn(5, 4, 7, generator=gen, dtype=torch.float64)
     expected = (lam[..., None] * base).sum(0)
@@ -226,7 +226,7 @@ def test_hooks_on_the_weight_see_the_flushed_terms():
     x, target = data(steps=10)
     run = stack_runner(net, x, target)
     weight = net.cells[0].weight
-    mask = torch.rand(weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    mask = torch.rand(weight.shape, generator=seeded(0)) > 0.5
     seen: list = []
 
     def hook(grad):
