@@ -3,7 +3,7 @@
 # own Python already has a CUDA torch, pytest, pytest-xdist, pytest-timeout and hypothesis.
 #
 #   bash scripts/device_check.sh wheels          # here, with a network: fill .whl/ (git-ignored
-#                                                 # through .git/info/exclude) with the pure-Python
+#                                                 # .gitignore) with the pure-Python
 #                                                 # wheels that machine lacks, at constraints.txt's
 #                                                 # versions
 #   bash scripts/device_check.sh [STEPS] [ARGS]  # there, with .whl/ carried along
