@@ -2,10 +2,9 @@
 # Checks the CUDA paths on a machine with a GPU and no network (the lent device machine), whose
 # own Python already has a CUDA torch, pytest, pytest-xdist, pytest-timeout and hypothesis.
 #
-#   bash scripts/device_check.sh wheels          # here, with a network: fill .whl/ (git-ignored
-#                                                 # .gitignore) with the pure-Python
-#                                                 # wheels that machine lacks, at constraints.txt's
-#                                                 # versions
+#   bash scripts/device_check.sh wheels          # here, with a network: fill .whl/ (ignored by
+#                                                 # git) with the pure-Python wheels that machine
+#                                                 # lacks, at constraints.txt's versions
 #   bash scripts/device_check.sh [STEPS] [ARGS]  # there, with .whl/ carried along
 #
 # STEPS is a comma-separated choice of tests (`pytest --device cuda`, the whole suite), demo,
