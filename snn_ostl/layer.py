@@ -73,7 +73,6 @@ class Layer(TraceUpdates):
         self.all_fused = False
         self._fused_roles: dict[str, TraceGroup] = {}
         self._bias_scale: Tensor | None = None
-        self._bias_zero: Tensor | None = None
         self._swapped: nn.Module | None = None  # the synapse running with a scaled bias
 
     # ------------------------------------------------------------------ planning
@@ -204,14 +203,15 @@ class Layer(TraceUpdates):
 
         The synapse's own backward gives the bias ``Σ ∂L/∂a_t`` (its input is 1); the trace asks
         for ``f_t Σ ∂L/∂a_t`` with ``f_t = J f_{t-1} + 1``. The synapse runs with
-        ``b + (f_t - 1)(b - b.detach())`` in place of ``b``: the same values, and the missing
-        ``(f_t - 1) Σ ∂L/∂a_t`` reaches ``b`` in the same backward, so hooks on the bias still
+        ``lerp(b.detach(), b, f_t)`` in place of ``b``: exactly the values of ``b`` (both of
+        lerp's formulas add ``f_t`` or ``1 - f_t`` times ``b - b.detach()``, which is 0), and its
+        one backward node sends ``f_t`` times the gradient to ``b``, so hooks on the bias still
         see one gradient. The swap goes through the module's parameter dict, as
-        ``torch.func.functional_call`` does; it costs an [N] product where scaling the [B, N]
+        ``torch.func.functional_call`` does; it costs an [N] operation where scaling the [B, N]
         output would cost a batch-sized one in every forward and backward. Called while the
-        synapse's saved-tensor hooks are active, so that :meth:`reset` may still zero the scale
-        of this very step; :meth:`restore_bias` puts the parameter back when the synapse's
-        forward returns (or raises).
+        synapse's saved-tensor hooks are active, so that :meth:`reset` may still set the scale
+        of this very step back to 1 in place; :meth:`restore_bias` puts the parameter back when
+        the synapse's forward returns (or raises).
         """
         g = self.fused_bias
         if g is None or not g.trace or g.trace[0] == 1.0:
@@ -223,14 +223,10 @@ class Layer(TraceUpdates):
                 f"parameter {g.name} that the learner trains (it was replaced after the first "
                 "step). Replace parameters before attaching the learner, or attach a new one."
             )
-        zero = self._bias_zero
-        if zero is None or zero.dtype != bias.dtype or zero.device != bias.device:
-            # b - b.detach(): zeros whose gradient reaches b. Its node saves no tensor, so one
-            # serves every step (built again if the model moves).
-            zero = self._bias_zero = bias - bias.detach()
-        scale = torch.full((), g.trace[0] - 1.0, dtype=bias.dtype, device=bias.device)
+        # A 0-dim tensor, not a Python number: reset() may still set it to 1 in place.
+        scale = torch.full((), g.trace[0], dtype=bias.dtype, device=bias.device)
         self._bias_scale = scale
-        synapse._parameters["bias"] = torch.addcmul(bias, zero, scale)
+        synapse._parameters["bias"] = torch.lerp(bias.detach(), bias, scale)
         self._swapped = synapse
 
     def restore_bias(self) -> None:
@@ -257,7 +253,7 @@ class Layer(TraceUpdates):
                 else:
                     g.trace = [1.0]
                     if self._bias_scale is not None:
-                        self._bias_scale.zero_()
+                        self._bias_scale.fill_(1.0)
                 continue
             if g.form == "per-synapse" and self.flush_every == 1:
                 # the next sequence reuses the trace's buffers unless a step still needs them
