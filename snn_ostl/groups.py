@@ -28,7 +28,8 @@ class TraceGroup:
         name: Qualified parameter name in the model (``"fc1.weight"``).
         param: The parameter.
         role: ``"weight"`` / ``"bias"`` of a synapse, ``"neuron"`` for the cell's own
-            elementwise parameters, ``"cell"`` for every parameter of a dense cell.
+            elementwise parameters, ``"cell"`` for every parameter of a dense cell, ``"chain"``
+            for a parameter of an operation between synapse and neuron (a batch norm's scale).
         form: One of ``presynaptic``, ``per-synapse``, ``elementwise``, ``full-jacobian``.
         op: The synapse operation (weights and biases only).
         source: Where a synapse's input comes from: ``"input"`` or a state index.
@@ -57,6 +58,8 @@ class TraceGroup:
     pool: list[Tensor] = field(default_factory=list, repr=False)
     #: Per-synapse form with ``flush_every > 1``: the trace as a :class:`snn_ostl.window.Window`.
     window: Any = field(default=None, repr=False)
+    #: A parameter of a block reached through a chain (:class:`snn_ostl.chains.traces.ChainRole`).
+    chain: Any = None
 
     def take_buffer(self, like: Tensor) -> Tensor | None:
         """A recycled trace tensor with the shape, dtype and device of ``like``, if one is free."""

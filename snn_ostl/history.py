@@ -15,6 +15,7 @@ from torch import Tensor
 
 from snn_ostl import per_synapse as PS
 from snn_ostl import traces as T
+from snn_ostl.chains import traces as CT
 from snn_ostl.derived import Derived, fold_grads
 from snn_ostl.errors import StateError
 from snn_ostl.groups import TraceGroup
@@ -65,6 +66,10 @@ class History:
         folded = fold_grads(grads, self.derived) if self.derived else grads
         out: list[Tensor | None] = []
         for index, (g, tr) in enumerate(zip(self.groups, self.snapshot)):
+            if g.chain is not None:
+                term = None if tr is None else CT.contract(grads, tr, g.chain.cmap, g.param.shape)
+                out.append(None if term is None else term.to(g.param.dtype))
+                continue
             if g.fused:
                 out.append(None)
                 continue

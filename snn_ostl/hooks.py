@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from snn_ostl.errors import DetachedLearnerError, StateError
+from snn_ostl.chains.walk import Block, ChainTooLongError, walk
+from snn_ostl.errors import ConfigurationError, DetachedLearnerError, Problem, StateError
 from snn_ostl.layer import Layer
 
 __all__ = ["ForwardHooks"]
@@ -39,6 +40,8 @@ class ForwardHooks:
     def _synapse_pre(self, module: nn.Module, args: tuple) -> tuple | None:
         if not torch.is_grad_enabled():
             return None
+        if self._outputs and args:
+            args = self._cut_recurrence(module, args)
         new_args = self.signals.before_synapse(module, args)
         layer = self._fused.get(module)
         if layer is not None:
@@ -55,7 +58,30 @@ class ForwardHooks:
             ctx.__enter__()
             self._saving[module] = ctx
             layer.swap_bias(module)  # inside the hooks: see Layer.swap_bias
+        if new_args is None and module in self._recurrent_now:
+            return args
         return new_args
+
+    def _cut_recurrence(self, module: nn.Module, args: tuple) -> tuple:
+        """Detach a synapse input that is a layer's own output fed back by the user's loop.
+
+        ``spk, mem = lif(fc_in(x) + fc_rec(spk), mem)``: at step t, ``fc_rec`` reads the
+        layer's output of step t-1, whose graph the backward of step t-1 has already freed.
+        The input is a recurrent input of that layer: held fixed, as the layer's own previous
+        state is, and its weight is traced through the layer's eligibility.
+        """
+        x = args[0]
+        hit = self._outputs.get(id(x))
+        if hit is None or hit[0]() is not x:
+            return args
+        owner = hit[1]
+        path = self._synapse_paths[module]
+        feeds_owner = self._feeds.get(module) is owner
+        runs_before = self._order.get(owner.path, -1) > self._order.get(path, 1 << 30)
+        if not (feeds_owner or runs_before):
+            return args
+        self._recurrent_now.add(module)
+        return (x.detach(), *args[1:])
 
     def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
         ctx = self._saving.pop(module, None)
@@ -66,7 +92,9 @@ class ForwardHooks:
             return output
         self._note(self._synapse_paths[module])
         output = self.signals.after_synapse(module, args, output, self._synapse_paths[module])
-        self._recent[module] = (weakref.ref(output), self.signals.synapse_input(module, args))
+        # the output itself, not a weak reference: a chain (``chain(syn(x))``) drops the
+        # Python object long before the layer's step, and the walk needs it as a leaf
+        self._recent[module] = (output, self.signals.synapse_input(module, args))
         return output
 
     def _model_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -74,10 +102,10 @@ class ForwardHooks:
             return None
         return self.signals.after_model(output)
 
-    def _find_synapse(self, current: Tensor) -> tuple[nn.Module, Tensor] | None:
-        for module, (ref, x) in list(self._recent.items()):
-            if ref() is current:
-                del self._recent[module]
+    def _peek_synapse(self, current: Tensor) -> tuple[nn.Module, Tensor] | None:
+        """The synapse whose output is exactly ``current``, if any (left in place)."""
+        for module, (out, x) in self._recent.items():
+            if out is current:
                 return module, x
         return None
 
@@ -111,9 +139,25 @@ class ForwardHooks:
             prev = adapter.initial_state(module, current)
         inputs: dict[str | int, Tensor] = {}
         owns_input = layer.owns_input_weights
-        found = None if owns_input else self._find_synapse(current)
+        found, block = None, None
+        if owns_input:
+            pass
+        elif layer.block is not None:  # bound through a chain: walk it at every step
+            block = self._walk_block(layer, current)
+        else:
+            found = self._peek_synapse(current)
+            direct = found is not None and layer.direct_ok(found[0])
+            if not layer.bound and not direct and current.grad_fn is not None:
+                found, block = None, self._walk_block(layer, current)
+            elif found is not None:
+                del self._recent[found[0]]
         if not layer.bound:
-            self._bind(layer, found)
+            if block is not None:
+                self._bind_chain(layer, block, current)
+            else:
+                self._bind(layer, found)
+        elif block is not None:
+            layer.check_block(block)
         elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):
             raise StateError(
                 f"{layer.path} ({type(module).__name__}): its input current came from "
@@ -145,9 +189,79 @@ class ForwardHooks:
                 return None
             layer.after_step(layer.adapter.new_state(module, args, kwargs, output))
             self.signals.after_layer(layer, output)
+            self._record_output(layer, output)
             return None
 
         return hook
+
+    def _record_output(self, layer: Layer, output: Any) -> None:
+        """Remember the tensor the layer passes on (its spikes) until its next step."""
+        spikes = layer.adapter.spikes(output)
+        if not isinstance(spikes, Tensor):
+            return
+        old = self._latest.get(layer.path)
+        if old is not None:
+            self._outputs.pop(old, None)
+        self._latest[layer.path] = id(spikes)
+        self._outputs[id(spikes)] = (weakref.ref(spikes), layer, spikes.grad_fn)
+
+    def _walk_block(self, layer: Layer, current: Tensor) -> Block:
+        """The synapses and operations that feed ``current`` at this step (see chains.walk)."""
+        nodes = {}
+        for module, (out, x) in self._recent.items():
+            if out.grad_fn is not None:
+                nodes[out.grad_fn] = (self._synapse_paths[module], module, out, x)
+        stops = {node for _ref, _owner, node in self._outputs.values() if node is not None}
+        if self._names is None:
+            self._names = {id(p): n for n, p in self.model.named_parameters()}
+        where = f"{layer.path or '<root>'} ({type(layer.module).__name__})"
+        try:
+            block = walk(current, nodes, stops, self._names)
+        except ChainTooLongError as err:
+            raise StateError(
+                f"{where}: {err}. Its input current seems to depend on tensors carried over "
+                "from earlier steps. Compute the current from this step's synapses (Linear, "
+                "Conv, Embedding) and stateless operations only."
+            ) from err
+        for use in block.synapses:
+            self._recent.pop(use.module, None)
+            if use.module in self._recurrent_now:
+                self._recurrent_now.discard(use.module)
+                use.recurrent = True
+        recurrent = [u.path for u in block.synapses if u.recurrent]
+        if recurrent and self.variant == "ostl":
+            raise ConfigurationError(
+                [
+                    Problem(
+                        layer.path,
+                        type(layer.module).__name__,
+                        f"{', '.join(recurrent)} feeds the layer's own output of the previous "
+                        "step back into its current (recurrence written in the forward). Under "
+                        "variant='ostl' its eligibility needs the Jacobian through the layer's "
+                        "spikes, which is not implemented for hand-written recurrence.",
+                        "use variant='ostl-no-h' or 'eprop' (exact for those rules: the fed-back "
+                        "spikes are held fixed), or a recurrent neuron such as snnTorch's "
+                        "RLeaky or Norse's LIFRecurrentCell, which variant='ostl' trains "
+                        "exactly.",
+                    )
+                ]
+            )
+        return block
+
+    def _bind_chain(self, layer: Layer, block: Block, current: Tensor) -> None:
+        for use in block.synapses:
+            other = self._feeds.get(use.module)
+            direct = [lay for lay in self.layers.values() if lay.synapse is use.module]
+            if (other is not None and other is not layer) or direct:
+                owner = other.path if other is not None else direct[0].path
+                raise StateError(
+                    f"{use.path} feeds both {owner} and {layer.path}; a synapse may feed one "
+                    "stateful layer only. Give each layer its own Linear/Conv module."
+                )
+        layer.bind_chain(block, current)
+        for use in block.synapses:
+            self._feeds[use.module] = layer
+        self._note_unbound(layer)
 
     def _internal_feedback(self, layer, args, kwargs, current, stack):
         """Random/direct feedback for a layer whose input weights live inside the module."""
@@ -180,7 +294,11 @@ class ForwardHooks:
             g.name = names.get(id(g.param), g.name)
         if layer.fused_group is not None:
             self._fused[synapse] = layer
-        bound = {lay.synapse for lay in self.layers.values()}
+        self._note_unbound(layer)
+
+    def _note_unbound(self, layer: Layer) -> None:
+        """Warn about synapses that ran before ``layer`` without feeding any layer."""
+        bound = {lay.synapse for lay in self.layers.values()} | set(self._feeds)
         for p, m in self._plan.synapses.items():
             if p in self._order and m not in bound and p not in self._plan.instantaneous:
                 self._plan.instantaneous[p] = (

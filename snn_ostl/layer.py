@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from snn_ostl import per_synapse as PS
 from snn_ostl import traces as T
 from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
+from snn_ostl.chains.binding import ChainLayer
 from snn_ostl.derived import Derived
 from snn_ostl.errors import ConfigurationError, Problem, StateError
 from snn_ostl.groups import TraceGroup
@@ -29,7 +30,7 @@ from snn_ostl.updates import TraceUpdates
 __all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
 
-class Layer(TraceUpdates):
+class Layer(TraceUpdates, ChainLayer):
     """A stateful module, its trained parameters and their eligibility traces.
 
     Args:
@@ -89,6 +90,20 @@ class Layer(TraceUpdates):
         if isinstance(self.adapter, ElementwiseAdapter):
             return self.adapter.internal_synapses(self.module)
         return []
+
+    def direct_ok(self, synapse: nn.Module) -> bool:
+        """Whether a synapse that feeds the current directly gets one of the classic forms.
+
+        Linear synapses always do; a Conv1d/Conv2d does when the neuron's traces factorise.
+        Everything else is bound through :meth:`bind_chain` (exact for any neuron).
+        """
+        if type(synapse) is nn.Linear:
+            return True
+        if type(synapse) not in (nn.Conv1d, nn.Conv2d) or not isinstance(
+            self.adapter, ElementwiseAdapter
+        ):
+            return False
+        return self.adapter.factorised(self.module, self.variant) and not self.recurrent
 
     def bind(self, synapse_path: str | None, synapse: nn.Module | None) -> None:
         """Fix the layer's parameters and trace forms (at its first step)."""
@@ -255,7 +270,7 @@ class Layer(TraceUpdates):
                     if self._bias_scale is not None:
                         self._bias_scale.fill_(1.0)
                 continue
-            if g.form == "per-synapse" and self.flush_every == 1:
+            if g.form == "per-synapse" and g.chain is None and self.flush_every == 1:
                 # the next sequence reuses the trace's buffers unless a step still needs them
                 # (a window hands its own base back when it closes, see snn_ostl.window)
                 old = g.trace if isinstance(g.trace, list) else []

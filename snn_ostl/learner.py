@@ -171,8 +171,16 @@ class OSTL(ForwardHooks):
             if path not in self._problem_paths
         }
         self._synapse_paths = {m: p for p, m in plan.synapses.items()}
-        self._recent: dict[nn.Module, tuple[weakref.ref, Tensor]] = {}
+        self._recent: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # synapse -> (output, input)
         self._fused: dict[nn.Module, Layer] = {}  # synapse -> layer whose weight it fuses
+        # id of each layer's latest output -> (weak reference, layer, its grad_fn): where a
+        # synapse's input came from (recurrence written in the user's forward), and where a
+        # chain walk stops
+        self._outputs: dict[int, tuple[weakref.ref, Layer, Any]] = {}
+        self._latest: dict[str, int] = {}  # layer path -> id of its latest output
+        self._names: dict[int, str] | None = None  # id(parameter) -> qualified name
+        self._feeds: dict[nn.Module, Layer] = {}  # synapse -> the chain-fed layer it feeds
+        self._recurrent_now: set[nn.Module] = set()  # synapses fed back a layer's own output
         self._saving: dict[nn.Module, Any] = {}
         self._order: dict[str, int] = {}
         self._handles: list[Any] = []
@@ -207,6 +215,9 @@ class OSTL(ForwardHooks):
             layer.reset()
             layer.adapter.reset(layer.module)
         self._recent.clear()
+        self._outputs.clear()
+        self._latest.clear()
+        self._recurrent_now.clear()
         self.signals.reset()
 
     def flush(self) -> None:
@@ -234,6 +245,8 @@ class OSTL(ForwardHooks):
             layer.reset()
         self._recent.clear()
         self._fused.clear()
+        self._outputs.clear()
+        self._latest.clear()
         self._attached = False
 
     @contextlib.contextmanager

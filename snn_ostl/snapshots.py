@@ -62,7 +62,9 @@ class Snapshots:
     def _recycle(self, snapshot: list[Any]) -> None:
         """A step's graph is gone: its per-synapse tensors can be reused as output buffers."""
         for g, old in zip(self._groups(), snapshot):
-            if g.form != "per-synapse" or not isinstance(old, list) or not g.trace:
+            if g.form != "per-synapse" or g.chain is not None:
+                continue
+            if not isinstance(old, list) or not g.trace:
                 continue
             current = {id(t) for t in g.trace}
             for k in set(range(len(old))) - g.presynaptic:

@@ -50,10 +50,13 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
                 kind = _EXACTNESS[g.form]
             if g.fused:
                 kind += ", fused into the synapse's backward"
+            if g.chain is not None and g.chain.through != "none":
+                kind += f", through {g.chain.through}"
             if g.presynaptic and g.form == "per-synapse":
                 states = ", ".join(layer.adapter.state_names[k] for k in sorted(g.presynaptic))
                 kind += f", presynaptic for {states}"
-            if g.form == "per-synapse" and g.role == "weight" and learner.flush_every > 1:
+            windowed = g.form == "per-synapse" and g.chain is None and g.role == "weight"
+            if windowed and learner.flush_every > 1:
                 every = learner.flush_every
                 kind += f", added to .grad every {every} steps and before optimizer.step()"
             if g.folded and layer.derived:
@@ -126,7 +129,11 @@ def render_summary(learner: OSTL) -> str:
     out += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in rows]
     total = sum(g.trace_bytes() for layer in learner.layers.values() for g in layer.groups)
     out.append(f"total trace memory: {_mib(total)}")
-    per_synapse = any(r["form"] == "per-synapse" for r in rows)
+    per_synapse = any(
+        g.form == "per-synapse" and g.chain is None
+        for layer in learner.layers.values()
+        for g in layer.groups
+    )
     if per_synapse and learner.flush_every == 1:
         out.append(
             "tip: per-synapse traces are read and rewritten at every step; when the optimizer "

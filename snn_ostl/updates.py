@@ -49,6 +49,8 @@ class TraceUpdates:
             assert isinstance(scale, (int, float)) and scale != 0, "fused traces need c != 0"
         jacobians: dict[tuple[int, ...], Tensor] = {}  # dense J_t per kept-state set
         for g in self.groups:
+            if g.chain is not None:
+                continue  # advanced by advance_chain below
             if g.trace is None:
                 g.folded = folded is not None and g.role in ("weight", "bias")
             jac, current = folded if g.folded else (d.state, d.current)
@@ -101,6 +103,8 @@ class TraceUpdates:
             else:
                 old = g.trace or [None] * d.num_states
                 g.trace = T.update_elementwise(d.state, d.params[g.key], old, like)
+        if self.block is not None:
+            self.advance_chain(step, d)
         self.fused_ran = False
 
     def _advance_full(self, g, d, jac, current, step, previous, jacobians) -> None:

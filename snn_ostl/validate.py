@@ -15,6 +15,7 @@ from snn_ostl.errors import Problem
 from snn_ostl.registry import adapter_for, refusal_for, registered
 
 __all__ = [
+    "CHAIN_MODULES",
     "STATELESS",
     "SYNAPSES",
     "WHOLE_SEQUENCE",
@@ -24,8 +25,11 @@ __all__ = [
     "validate",
 ]
 
-#: Modules whose weights can feed a stateful layer's current directly.
-SYNAPSES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Modules whose weights can feed a stateful layer's current (directly or through a chain).
+SYNAPSES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d, nn.Embedding,
+)  # fmt: skip
 
 #: Modules without state or parameters that may sit anywhere in the model.
 STATELESS: tuple[type[nn.Module], ...] = (
@@ -35,6 +39,13 @@ STATELESS: tuple[type[nn.Module], ...] = (
     nn.Softmax, nn.LogSoftmax, nn.Hardtanh, nn.Hardsigmoid,
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
+
+#: Stateless modules with parameters (or buffers that never feed back into the output) that
+#: may sit between a synapse and its neuron; their parameters are then part of that layer.
+CHAIN_MODULES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm, nn.PReLU,
 )  # fmt: skip
 
 #: Whole-sequence torch modules refused, with the cell to use instead.
@@ -139,7 +150,7 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
                     f"use {WHOLE_SEQUENCE[type(module)]} and call it once per time step.",
                 )
             )
-        elif isinstance(module, STATELESS):
+        elif isinstance(module, STATELESS) or type(module) in CHAIN_MODULES:
             continue
         elif _has_own_tensors(module, claimed):
             framework = type(module).__module__.split(".")[0]

@@ -616,13 +616,29 @@ def test_convnet4_style_one_backward_equals_oracle():
         h.remove()
 
 
-def test_conv_synapse_into_lif_is_refused():
+def test_conv_synapse_into_lif_equals_oracle():
+    """Norse's ConvNet4 with a Conv2d synapse: LIFCell's traces behind a convolution are
+    per-synapse (one filter's fan-in per neuron), exact against the oracle."""
+    torch.manual_seed(7)
     model = ConvNet4Style(conv=True)
+    with torch.no_grad():
+        model.conv1.weight.mul_(6.0)
+        model.fc1.weight.mul_(10.0)
     x = torch.rand(T, B, 1, 4, 4, dtype=DT)
-    with snn_ostl.OSTL(model) as learner:
-        learner.reset()
-        with pytest.raises(ConfigurationError, match=r"lif0 \(LIFCell\).*conv1"):
-            model(x)
+    target = torch.randn(T, B, 3, dtype=DT)
+    rates: list = []
+    handles = _spike_recorder([model.lif0, model.lif1], rates)
+
+    def run():
+        voltages = model(x)
+        for t in range(T):
+            yield ((voltages[t] - target[t]) ** 2).sum()
+
+    owners = _assert_oracle(model, run, per_step=False, lower="conv1.")
+    assert owners["conv1.weight"] == "lif0"
+    assert_spiking(_per_layer(rates, 2), "ConvNet4 with a conv synapse")
+    for h in handles:
+        h.remove()
 
 
 def test_conv_synapse_into_li_uses_presynaptic_traces():

@@ -1,0 +1,173 @@
+"""A layer fed through a chain: its trace groups, checked and advanced at every step.
+
+:class:`snn_ostl.layer.Layer` inherits these methods. A layer is bound this way when its
+current is not the output of one Linear/Conv that the older forms handle (presynaptic, fused,
+per-synapse Linear): a pooling, dropout, normalisation or sum sits in between, the synapse is
+an embedding, a 3-d or transposed convolution, or a convolution feeds a neuron whose traces do
+not factorise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from snn_ostl.chains import traces as CT
+from snn_ostl.chains.tangents import (
+    Linearised,
+    Tangent,
+    channel_axis,
+    channel_mask,
+    synapse_tangents,
+    weight_channel_axis,
+)
+from snn_ostl.chains.walk import Block
+from snn_ostl.errors import ConfigurationError, Problem, StateError
+from snn_ostl.groups import TraceGroup
+
+__all__ = ["ChainLayer"]
+
+
+def _probe_directions(z: Tensor, axis: int, generator: torch.Generator) -> Tensor:
+    """``[O, *z]``: a random positive tangent on one channel at a time."""
+    noise = torch.rand(z.shape, generator=generator, dtype=torch.float64).to(z) + 0.5
+    return torch.stack([channel_mask(z, axis, o) * noise for o in range(z.shape[axis])])
+
+
+class ChainLayer:
+    """The chain-fed part of :class:`snn_ostl.layer.Layer` (no state of its own)."""
+
+    block: Block | None = None
+
+    def bind_chain(self, block: Block, current: Tensor) -> None:
+        """Fix the trace groups of a layer fed through ``block`` (at its first step)."""
+        where = f"{self.path or '<root>'} ({type(self.module).__name__})"
+        if self.recurrent:
+            raise ConfigurationError(
+                [
+                    Problem(
+                        self.path,
+                        type(self.module).__name__,
+                        f"its current comes through {block.describe()} and it has recurrent "
+                        "weights of its own; eligibility traces for both at once are not "
+                        "implemented.",
+                        "feed it from one Linear/Conv directly, use variant='ostl-no-h', or "
+                        "use the non-recurrent version of the neuron.",
+                    )
+                ]
+            )
+        self.bind(None, None)  # the neuron's own parameters and internal synapses
+        leaves = [u.output for u in block.synapses] + list(block.params.values())
+        linear = Linearised(current, leaves)
+        generator = torch.Generator().manual_seed(0)
+        n_shape = current.shape[1:]
+        through = block.describe()
+        groups: list[TraceGroup] = []
+        for j, use in enumerate(block.synapses):
+            module, z = use.module, use.output
+            axis = channel_axis(module) % z.dim()
+            channels = z.shape[axis]
+            probe = linear.apply(linear.index_of(z), _probe_directions(z, axis, generator))
+            guess = CT.layout_guess(n_shape, channels, current.device)
+            cmap = CT.channel_map(probe, weight_channel_axis(module), guess)
+            prefix = f"{use.path}." if use.path else ""
+            weight = module.weight
+            if weight.requires_grad:
+                fan = weight.numel() // channels
+                width = weight.numel() if cmap.dense else fan
+                role = CT.ChainRole("weight", j, cmap, width, through)
+                groups.append(self._chain_group(prefix + "weight", weight, "weight", role))
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.nn.Parameter) and bias.requires_grad:
+                bmap = CT.ChannelMap(channels, 0, cmap.dense, cmap.blocks, cmap.index)
+                width = channels if cmap.dense else 1
+                role = CT.ChainRole("bias", j, bmap, width, through)
+                groups.append(self._chain_group(prefix + "bias", bias, "bias", role))
+        offset = len(block.synapses)
+        for i, (name, param) in enumerate(block.params.items()):
+            if param.dim() == 0:
+                cmap = CT.ChannelMap(1, 0, dense=True)
+            else:
+                directions = _probe_directions(param.detach(), 0, generator)
+                probe = linear.apply(offset + i, directions)
+                cmap = CT.channel_map(
+                    probe, 0, CT.layout_guess(n_shape, param.shape[0], current.device)
+                )
+            width = param.numel() if cmap.dense else max(1, param[0].numel() if param.dim() else 1)
+            role = CT.ChainRole("param", None, cmap, width, through)
+            groups.append(self._chain_group(name, param, "chain", role))
+        self._block_signature = block.signature()
+        self._where = where
+        if not groups:
+            self.block = block
+            block.release()
+            return
+        self.groups = groups + self.groups
+        self._params = [g.param for g in self.groups]
+        self.all_fused = False
+        self._fused_roles = {}
+        self.block = block
+        self._block_signature = block.signature()
+        self._where = where
+
+    def _chain_group(self, name: str, param, role: str, chain: CT.ChainRole) -> TraceGroup:
+        form = "full-jacobian" if chain.cmap.dense else "per-synapse"
+        return TraceGroup(name, param, role, form, chain=chain)
+
+    def check_block(self, block: Block) -> None:
+        """Refuse a step whose block differs from the first step's (other synapses or ops)."""
+        if block.signature() == self._block_signature:
+            self.block = block
+            if not any(g.chain is not None for g in self.groups):
+                block.release()
+            return
+        raise StateError(
+            f"{self.path or '<root>'} ({type(self.module).__name__}): its input current came "
+            f"through {self.block.describe()} from "
+            f"{', '.join(u.path for u in self.block.synapses) or 'no synapse'} at the first "
+            f"step, but through {block.describe()} from "
+            f"{', '.join(u.path for u in block.synapses) or 'no synapse'} at this one. Compute "
+            "the current the same way at every step of a sequence, or call learner.reset() "
+            "before changing the model."
+        )
+
+    def advance_chain(self, step, d) -> None:
+        """Advance the traces of every block parameter by one step."""
+        block = self.block
+        current = step.current
+        linear_cache: list[Linearised] = []
+
+        def linear() -> Linearised:
+            if not linear_cache:
+                leaves = [u.output for u in block.synapses] + list(block.params.values())
+                linear_cache.append(Linearised(current, leaves))
+            return linear_cache[0]
+
+        tangents: dict[tuple[int, str], Tangent] = {}
+        for j, use in enumerate(block.synapses):
+            parts = [g for g in self.groups if g.chain is not None and g.chain.synapse == j]
+            if not parts:
+                continue
+            dense = parts[0].chain.cmap.dense
+            want_bias = any(g.chain.part == "bias" for g in parts)
+            with torch.no_grad():
+                weight, bias = synapse_tangents(use, current, linear, dense, want_bias)
+            tangents[(j, "weight")] = weight
+            if bias is not None:
+                tangents[(j, "bias")] = bias
+        names = list(block.params)
+        for g in self.groups:
+            chain = g.chain
+            if chain is None:
+                continue
+            if chain.part == "param":
+                index = len(block.synapses) + names.index(g.name)
+                directions = CT.parameter_directions(g.param, chain.cmap.dense, current.dtype)
+                x = linear().apply(index, directions)
+                tangent = Tangent(None, x.movedim(0, -1).movedim(0, -2))
+            else:
+                tangent = tangents[(chain.synapse, chain.part)]
+            old = g.trace or [None] * d.num_states
+            with torch.no_grad():
+                g.trace = CT.advance(d.state, d.current, old, tangent, current, chain.width)
+        block.release()

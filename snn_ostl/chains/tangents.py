@@ -1,0 +1,334 @@
+"""How a layer's input current depends on its block's parameters at one step.
+
+For a parameter θ of a layer's block, the eligibility needs ``X_t[n, b, f] = ∂a_t[b, n] /
+∂θ[ch(n), f]``: the derivative of neuron n's current with respect to the entries of θ that can
+reach it (the row of a Linear's weight, the filter of a convolution's output channel, the column
+of an embedding table). Here ``f`` runs over those entries (the fan-in ``F``) and ``ch(n)`` is
+the channel of θ that feeds neuron n. ``X`` comes back as a :class:`Tangent`, ``coef ⊙ base``,
+whose ``base`` may broadcast over neurons, so that the common cases never build it in full:
+
+- no operation between synapse and neuron: ``X[(o, p), b, f] = U[b, p, f]``, the synapse's
+  input patch at position p (the input row itself for a Linear);
+- operations that act element by element (dropout, scaling, views): ``coef = ∂a/∂z``;
+- a max-pooling with non-overlapping windows: the patch at the selected position, gathered;
+- anything else: forward-mode derivatives through the recorded graph of the step (the chain's
+  backward differentiated once more with respect to its cotangent, batched over directions).
+
+Shape letters: ``B`` batch, ``N`` neurons of one sample (``[*N]`` the current's shape without
+the batch), ``O`` channels of the parameter, ``F`` entries per channel, ``D`` directions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from snn_ostl.chains.walk import SynapseUse
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "Linearised",
+    "Tangent",
+    "channel_axis",
+    "synapse_rows",
+    "synapse_tangents",
+]
+
+#: Elements of one batch of directions pushed through a chain at once (bounds peak memory).
+CHUNK_ELEMENTS = 2**24
+
+_VIEWS = {
+    "ViewBackward0",
+    "ReshapeAliasBackward0",
+    "UnsafeViewBackward0",
+    "CloneBackward0",
+    "AliasBackward0",
+    "SqueezeBackward0",
+    "SqueezeBackward1",
+    "SqueezeBackward2",
+    "UnsqueezeBackward0",
+    "ToCopyBackward0",
+}
+#: Operations whose derivative is diagonal when they have one differentiable input.
+_ELEMENTWISE = {
+    "MulBackward0",
+    "MulBackward1",
+    "DivBackward0",
+    "DivBackward1",
+    "NegBackward0",
+    "AddBackward0",
+    "AddBackward1",
+    "SubBackward0",
+    "SubBackward1",
+    "RsubBackward1",
+    "NativeDropoutBackward0",
+    "ReluBackward0",
+    "LeakyReluBackward0",
+    "SigmoidBackward0",
+    "TanhBackward0",
+    "HardtanhBackward0",
+}
+_MAXPOOL = {
+    "MaxPool2DWithIndicesBackward0": 2,
+    "MaxPool3DWithIndicesBackward0": 3,
+}
+_CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+_CONV_T = {
+    nn.ConvTranspose1d: F.conv_transpose1d,
+    nn.ConvTranspose2d: F.conv_transpose2d,
+    nn.ConvTranspose3d: F.conv_transpose3d,
+}
+
+
+@dataclass
+class Tangent:
+    """``X = coef ⊙ base``, broadcastable to ``[*N, B, F]``.
+
+    Attributes:
+        coef: ``[*N, B, 1]``, or None for 1.
+        base: A tensor broadcastable to ``[*N, B, F]``, or a number (a bias: ``F = 1``).
+    """
+
+    coef: Tensor | None
+    base: Tensor | float
+
+
+def channel_axis(module: nn.Module) -> int:
+    """The axis of the synapse's output that holds its channels (features)."""
+    return 1 if type(module) in _CONV or type(module) in _CONV_T else -1
+
+
+def weight_channel_axis(module: nn.Module) -> int:
+    """The axis of the synapse's weight that indexes its output channels."""
+    return 1 if type(module) in _CONV_T or isinstance(module, nn.Embedding) else 0
+
+
+def synapse_rows(module: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``R[b, *p, f] = ∂z[b, ch, *p] / ∂W[ch, f]`` for every output position p and entry f.
+
+    The same for every channel ``ch``: a Linear's input row, an embedding's one-hot index, a
+    convolution's input patch (computed as a convolution with one-hot filters, so that every
+    stride, padding and dilation is handled by the convolution itself).
+    """
+    kind = type(module)
+    if isinstance(module, nn.Linear):
+        return x.to(dtype)
+    if isinstance(module, nn.Embedding):
+        return F.one_hot(x, module.num_embeddings).to(dtype)
+    weight = module.weight
+    if kind in _CONV:
+        fan = weight[0].numel()
+        eye = torch.eye(fan, dtype=dtype, device=x.device).reshape(fan, *weight.shape[1:])
+        conv = _CONV[kind]
+        patches = conv(x.to(dtype), eye, None, module.stride, module.padding, module.dilation)
+    else:
+        fan = weight.shape[0] * weight[0, 0].numel()
+        eye = torch.eye(fan, dtype=dtype, device=x.device)
+        eye = eye.reshape(fan, weight.shape[0], *weight.shape[2:]).movedim(0, 1)
+        conv = _CONV_T[kind]
+        patches = conv(
+            x.to(dtype),
+            eye,
+            None,
+            module.stride,
+            module.padding,
+            module.output_padding,
+            1,
+            module.dilation,
+        )
+    return patches.movedim(1, -1)
+
+
+def _as_neuron_major(t: Tensor) -> Tensor:
+    """``[B, *N]`` -> ``[*N, B, 1]`` (a view)."""
+    return t.movedim(0, -1).unsqueeze(-1)
+
+
+def _identity_base(module: nn.Module, rows: Tensor) -> Tensor:
+    """``rows`` ``[B, *p, F]`` as a tensor broadcastable to the synapse's ``[*Z, B, F]``."""
+    base = rows.movedim(0, -2)  # [*p, B, F]
+    return base.unsqueeze(0) if channel_axis(module) == 1 else base.unsqueeze(-3)
+
+
+def _fit(t: Tensor | float, z_shape: torch.Size, n_shape: torch.Size) -> Tensor | float:
+    """A ``[*Z, B, F]``-broadcastable tangent reshaped to the neurons' ``[*N, B, F]``."""
+    if not isinstance(t, Tensor) or tuple(z_shape) == tuple(n_shape):
+        return t
+    full = t.expand(*z_shape, *t.shape[-2:])
+    return full.reshape(*n_shape, *t.shape[-2:])
+
+
+def _kind(use: SynapseUse) -> str:
+    """``"identity"``, ``"elementwise"``, ``"maxpool"`` or ``"generic"`` for one synapse."""
+    nodes = use.nodes
+    if nodes is None:
+        return "generic"
+    names = [type(n).__name__ for n in nodes]
+    start = 0
+    if names and names[0] in _MAXPOOL:
+        node = nodes[0]
+        kernel = list(node._saved_kernel_size)
+        stride = list(node._saved_stride) or kernel
+        dims = _MAXPOOL[names[0]]
+        kernel = kernel * dims if len(kernel) == 1 else kernel
+        stride = stride * dims if len(stride) == 1 else stride
+        dilation = list(node._saved_dilation)
+        if any(k > s for k, s in zip(kernel, stride)) or any(d != 1 for d in dilation):
+            return "generic"  # overlapping windows: one input may feed two outputs
+        if channel_axis(use.module) != 1:
+            return "generic"
+        start = 1
+    rest = names[start:]
+    for node, name in zip(nodes[start:], rest):
+        differentiable = [c for c, _ in node.next_functions if c is not None]
+        if name not in _VIEWS and name not in _ELEMENTWISE:
+            return "generic"
+        if name in ("AddBackward0", "SubBackward0"):
+            continue  # a sum of branches: each branch is differentiated on its own
+        if len(differentiable) != 1:
+            return "generic"
+    if start:
+        return "maxpool"
+    return "identity" if all(n in _VIEWS for n in rest) else "elementwise"
+
+
+class Linearised:
+    """The chain of one step, linearised: tangents at its leaves -> tangents at the current.
+
+    It differentiates the chain's backward (``v -> ∂<v, a>/∂leaf``, linear in ``v``) once more
+    with respect to ``v``, batched over directions: forward-mode derivatives through whatever
+    operations the step recorded, with no knowledge of them.
+    """
+
+    def __init__(self, current: Tensor, leaves: list[Tensor]) -> None:
+        self.leaves = leaves
+        with torch.enable_grad():
+            self.v = torch.zeros_like(current, requires_grad=True)
+            self.cotangents = torch.autograd.grad(
+                current, leaves, self.v, create_graph=True, retain_graph=True, allow_unused=True
+            )
+        self.shape = current.shape
+
+    def index_of(self, leaf: Tensor) -> int:
+        """Position of ``leaf`` among the leaves (by identity)."""
+        return next(i for i, t in enumerate(self.leaves) if t is leaf)
+
+    def apply(self, index: int, directions: Tensor) -> Tensor:
+        """``[D, *leaf]`` tangents at leaf ``index`` -> ``[D, B, *N]`` at the current."""
+        g = self.cotangents[index]
+        count = directions.shape[0]
+        if g is None or not g.requires_grad:
+            return directions.new_zeros(count, *self.shape)
+        size = max(int(directions[0].numel()), int(self.v.numel()))
+        step = max(1, CHUNK_ELEMENTS // max(1, size))
+        out = []
+        with torch.enable_grad(), warnings.catch_warnings():
+            # some backward formulas have no batching rule and run one direction at a time
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            for lo in range(0, count, step):
+                chunk = directions[lo : lo + step]
+                (x,) = torch.autograd.grad(
+                    g, self.v, chunk, retain_graph=True, is_grads_batched=True
+                )
+                out.append(x)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def generic_directions(module: nn.Module, rows: Tensor, z: Tensor) -> Tensor:
+    """``[F, B, *Z]`` tangents at the synapse output for every fan-in entry (all channels)."""
+    d = rows.movedim(-1, 0)  # [F, B, *p]
+    d = d.unsqueeze(2) if channel_axis(module) == 1 else d.unsqueeze(-1)
+    return d.expand(d.shape[0], *z.shape)
+
+
+def channel_mask(z: Tensor, axis: int, channel: int) -> Tensor:
+    """A ``z``-shaped 0/1 tensor selecting one channel."""
+    mask = torch.zeros_like(z)
+    mask.select(axis, channel).fill_(1.0)
+    return mask
+
+
+def synapse_tangents(
+    use: SynapseUse,
+    current: Tensor,
+    linear: Any,
+    dense: bool,
+    want_bias: bool,
+) -> tuple[Tangent, Tangent | None]:
+    """The weight's and the bias's tangents ``X`` for one synapse at this step.
+
+    Args:
+        use: The synapse as the walk found it.
+        current: The layer's input current ``[B, *N]``.
+        linear: A callable returning the step's :class:`Linearised` (built on first use).
+        dense: Differentiate with respect to every entry of the weight, not one channel's
+            (the chain mixes channels); the weight's tangent is then ``[*N, B, O*F]``.
+        want_bias: Also compute the bias's tangent.
+    """
+    module, z = use.module, use.output
+    n_shape, z_shape = current.shape[1:], z.shape[1:]
+    rows = synapse_rows(module, use.input, current.dtype)
+    kind = "generic" if dense else _kind(use)
+    if kind == "identity":
+        base = _fit(_identity_base(module, rows), z_shape, n_shape)
+        return Tangent(None, base), Tangent(None, 1.0) if want_bias else None
+    if kind == "elementwise":
+        with torch.enable_grad():
+            (d,) = torch.autograd.grad(current, z, torch.ones_like(current), retain_graph=True)
+        coef = _as_neuron_major(d.reshape(current.shape))
+        base = _fit(_identity_base(module, rows), z_shape, n_shape)
+        return Tangent(coef, base), Tangent(coef, 1.0) if want_bias else None
+    if kind == "maxpool":
+        return _maxpool_tangents(use, current, rows, want_bias)
+    index = linear().index_of(z)
+    if dense:
+        axis = channel_axis(module) % z.dim()
+        parts = []
+        for o in range(z.shape[axis]):
+            mask = channel_mask(z, axis, o)
+            parts.append(linear().apply(index, generic_directions(module, rows, z) * mask))
+        x = torch.cat(parts)
+    else:
+        x = linear().apply(index, generic_directions(module, rows, z))
+    weight = Tangent(None, x.movedim(0, -1).movedim(0, -2))  # [D, B, *N] -> [*N, B, D]
+    bias = None
+    if want_bias:
+        if dense:
+            axis = channel_axis(module) % z.dim()
+            ones = torch.stack([channel_mask(z, axis, o) for o in range(z.shape[axis])])
+        else:
+            ones = torch.ones_like(z).unsqueeze(0)
+        xb = linear().apply(index, ones)
+        bias = Tangent(None, xb.movedim(0, -1).movedim(0, -2))
+    return weight, bias
+
+
+def _maxpool_tangents(
+    use: SynapseUse, current: Tensor, rows: Tensor, want_bias: bool
+) -> tuple[Tangent, Tangent | None]:
+    """Max-pooling right after a convolution: the patch of the selected position, gathered."""
+    pool = use.nodes[0]
+    index = pool._saved_result1  # [B, O, *Q]: flat position of the maximum in each window
+    batch, channels = index.shape[:2]
+    width = rows.shape[-1]
+    flat_rows = rows.reshape(batch, -1, width)  # [B, P, F]
+    positions = flat_rows.shape[1]
+    offsets = torch.arange(batch, device=index.device) * positions
+    order = (index.movedim(0, -1) + offsets).reshape(-1)  # neuron-major, then batch
+    gathered = flat_rows.reshape(-1, width).index_select(0, order)
+    base = gathered.view(*current.shape[1:], batch, width)
+    coef = None
+    if any(type(n).__name__ not in _VIEWS for n in use.nodes[1:]):
+        with torch.enable_grad():
+            (d,) = torch.autograd.grad(
+                current, use.output, torch.ones_like(current), retain_graph=True
+            )
+        # windows do not overlap: each maximum's cotangent is the factor above the pooling
+        d = d.reshape(batch, channels, -1).gather(2, index.reshape(batch, channels, -1))
+        coef = _as_neuron_major(d.reshape(current.shape))
+    return Tangent(coef, base), Tangent(coef, 1.0) if want_bias else None
