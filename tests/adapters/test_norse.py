@@ -25,7 +25,7 @@ from snn_ostl.adapters import load_available
 
 import snn_ostl
 from snn_ostl.adapter import ElementwiseAdapter, StepRecord
-from snn_ostl.errors import ConfigurationError, UnsupportedModuleError
+from snn_ostl.errors import UnsupportedModuleError
 from snn_ostl.registry import adapter_for, registered
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
 
