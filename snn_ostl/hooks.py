@@ -223,6 +223,17 @@ class ForwardHooks:
                 "from earlier steps. Compute the current from this step's synapses (Linear, "
                 "Conv, Embedding) and stateless operations only."
             ) from err
+        for name in block.params:
+            owner_path = name.rsplit(".", 1)[0] if "." in name else ""
+            module = self._plan.synapses.get(owner_path)
+            if module is not None:  # reached through an output another layer consumed
+                other = self._feeds.get(module)
+                direct = [lay.path for lay in self.layers.values() if lay.synapse is module]
+                first = other.path if other is not None else (direct or ["another layer"])[0]
+                raise StateError(
+                    f"{owner_path} feeds both {first} and {layer.path}; a synapse may feed one "
+                    "stateful layer only. Give each layer its own Linear/Conv module."
+                )
         for use in block.synapses:
             self._recent.pop(use.module, None)
             if use.module in self._recurrent_now:

@@ -92,10 +92,12 @@ class Tangent:
     Attributes:
         coef: ``[*N, B, 1]``, or None for 1.
         base: A tensor broadcastable to ``[*N, B, F]``, or a number (a bias: ``F = 1``).
+        owned: ``base`` is a fresh ``[*N, B, F]`` tensor that a trace may take over.
     """
 
     coef: Tensor | None
     base: Tensor | float
+    owned: bool = False
 
 
 def channel_axis(module: nn.Module) -> int:
@@ -259,6 +261,7 @@ def synapse_tangents(
     linear: Any,
     dense: bool,
     want_bias: bool,
+    take: Any = lambda shape: None,
 ) -> tuple[Tangent, Tangent | None]:
     """The weight's and the bias's tangents ``X`` for one synapse at this step.
 
@@ -269,6 +272,7 @@ def synapse_tangents(
         dense: Differentiate with respect to every entry of the weight, not one channel's
             (the chain mixes channels); the weight's tangent is then ``[*N, B, O*F]``.
         want_bias: Also compute the bias's tangent.
+        take: Returns a spare ``[*N, B, F]`` buffer for a tangent built in full, or None.
     """
     module, z = use.module, use.output
     n_shape, z_shape = current.shape[1:], z.shape[1:]
@@ -280,11 +284,18 @@ def synapse_tangents(
     if kind == "elementwise":
         with torch.enable_grad():
             (d,) = torch.autograd.grad(current, z, torch.ones_like(current), retain_graph=True)
+        first = d.reshape(-1)[0]
+        if bool((d == first).all()):  # a constant factor (Norse's ``10 * conv(x)``)
+            coef = float(first)
+            base = _fit(_identity_base(module, rows), z_shape, n_shape)
+            if isinstance(base, Tensor) and coef != 1.0:
+                base = base * coef
+            return Tangent(None, base), Tangent(None, coef) if want_bias else None
         coef = _as_neuron_major(d.reshape(current.shape))
         base = _fit(_identity_base(module, rows), z_shape, n_shape)
         return Tangent(coef, base), Tangent(coef, 1.0) if want_bias else None
     if kind == "maxpool":
-        return _maxpool_tangents(use, current, rows, want_bias)
+        return _maxpool_tangents(use, current, rows, want_bias, take)
     index = linear().index_of(z)
     if dense:
         axis = channel_axis(module) % z.dim()
@@ -309,7 +320,7 @@ def synapse_tangents(
 
 
 def _maxpool_tangents(
-    use: SynapseUse, current: Tensor, rows: Tensor, want_bias: bool
+    use: SynapseUse, current: Tensor, rows: Tensor, want_bias: bool, take: Any
 ) -> tuple[Tangent, Tangent | None]:
     """Max-pooling right after a convolution: the patch of the selected position, gathered."""
     pool = use.nodes[0]
@@ -320,8 +331,14 @@ def _maxpool_tangents(
     positions = flat_rows.shape[1]
     offsets = torch.arange(batch, device=index.device) * positions
     order = (index.movedim(0, -1) + offsets).reshape(-1)  # neuron-major, then batch
-    gathered = flat_rows.reshape(-1, width).index_select(0, order)
-    base = gathered.view(*current.shape[1:], batch, width)
+    shape = (*current.shape[1:], batch, width)
+    buf = take(shape)
+    source = flat_rows.reshape(-1, width)
+    if buf is not None:
+        torch.index_select(source, 0, order, out=buf.view(-1, width))
+        base = buf
+    else:
+        base = source.index_select(0, order).view(shape)
     coef = None
     if any(type(n).__name__ not in _VIEWS for n in use.nodes[1:]):
         with torch.enable_grad():
@@ -331,4 +348,4 @@ def _maxpool_tangents(
         # windows do not overlap: each maximum's cotangent is the factor above the pooling
         d = d.reshape(batch, channels, -1).gather(2, index.reshape(batch, channels, -1))
         coef = _as_neuron_major(d.reshape(current.shape))
-    return Tangent(coef, base), Tangent(coef, 1.0) if want_bias else None
+    return Tangent(coef, base, owned=True), Tangent(coef, 1.0) if want_bias else None

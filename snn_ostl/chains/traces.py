@@ -13,7 +13,7 @@ features), ``F`` runs over every entry of θ and all neurons share one channel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +140,7 @@ def advance(
     tangent: Tangent,
     like: Tensor,
     width: int,
+    take: Callable[[tuple[int, ...]], Tensor | None] = lambda shape: None,
 ) -> list[Tensor | None]:
     """One step of every state's trace: ``e^k_t = Σ_j J[k][j] e^j_{t-1} + c^k X_t``.
 
@@ -147,37 +148,94 @@ def advance(
         jac: S x S partials ``∂s^k_t/∂s^j_{t-1}`` broadcastable to ``[B, *N]``.
         current: S partials ``∂s^k_t/∂a_t``.
         old: S traces ``[*N, B, F]`` of the previous step, or None.
-        tangent: ``X_t`` of this step.
+        tangent: ``X_t`` of this step. With ``tangent.owned`` its base is a fresh full tensor
+            that the first state may take over and write in place.
         like: The current ``[B, *N]`` (shape, dtype, device).
         width: F.
+        take: Returns a spare ``[*N, B, F]`` buffer that no pending backward holds, or None
+            (fresh memory each step costs page faults on large traces).
 
     Returns:
-        S new traces (never written in place: a pending backward may hold the old ones).
+        S new traces. The old ones are never written: a pending backward may hold them.
+        A trace keeps the tangent's broadcast shape while nothing per neuron enters it
+        (``[1, *p, B, F]`` for a state whose partials are numbers behind a convolution: the
+        same for every channel, as Norse's synaptic current is).
     """
     shape = (*like.shape[1:], like.shape[0], width)
-    out: list[Tensor | None] = []
-    for k, row in enumerate(jac):
+    users = [k for k, c in enumerate(current) if not _zero(c)]
+    # the last state that reads the base may take it over (the others read it first)
+    taker = users[-1] if tangent.owned and users else None
+    out: list[Tensor | None] = [None] * len(jac)
+    for k in sorted(range(len(jac)), key=lambda k: k == taker):
+        row = jac[k]
+        base_free = k == taker
         acc: Tensor | float | None = None
+        owned = False  # acc is a tensor of this step that may be written in place
         c = current[k]
         if c is not None and not (isinstance(c, (int, float)) and c == 0):
             coef = _times(_neuron_major(c, like), tangent.coef)
-            acc = _times(coef, tangent.base)
+            base = tangent.base
+            if isinstance(base, Tensor) and base_free:
+                acc, owned = base, True
+                if not (isinstance(coef, (int, float)) and coef == 1):
+                    acc.mul_(coef)
+            elif isinstance(base, Tensor) and isinstance(coef, Tensor):
+                full = torch.broadcast_shapes(base.shape, coef.shape)
+                buf = take(full) if tuple(full) == shape else None
+                acc, owned = torch.mul(base, coef, out=buf) if buf is not None else base * coef, True
+            else:
+                acc = _times(coef, base)
+                owned = isinstance(acc, Tensor) and acc is not base
         for j, p in enumerate(row):
             if p is None or old[j] is None or (isinstance(p, (int, float)) and p == 0):
                 continue
-            if acc is None:
-                acc = old[j] * _neuron_major(p, like)
-            elif isinstance(p, (int, float)) and isinstance(acc, Tensor):
-                acc = torch.add(acc, old[j], alpha=p)
+            e = old[j]
+            number = isinstance(p, (int, float))
+            if acc is None or not isinstance(acc, Tensor):
+                scale = e if number and p == 1 else None
+                buf = take(tuple(e.shape)) if scale is None and tuple(e.shape) == shape else None
+                term = scale if scale is not None else (
+                    torch.mul(e, _neuron_major(p, like), out=buf) if buf is not None
+                    else e * _neuron_major(p, like)
+                )
+                if acc is None:
+                    acc, owned = term, term is not e
+                else:
+                    acc, owned = term + acc, True
+                continue
+            factor = p if number else _neuron_major(p, like)
+            shapes = (acc.shape, e.shape) if number else (acc.shape, e.shape, factor.shape)
+            fits = owned and acc.shape == torch.broadcast_shapes(*shapes)
+            if fits and number:
+                acc.add_(e, alpha=p)
+            elif fits:
+                acc.addcmul_(e, factor)
+            elif number:
+                acc, owned = torch.add(acc, e, alpha=p), True
             else:
-                acc = acc + old[j] * _neuron_major(p, like)
+                acc, owned = acc + e * _neuron_major(p, like), True
         if acc is not None:
             if not isinstance(acc, Tensor):
                 acc = torch.full(shape, float(acc), dtype=like.dtype, device=like.device)
-            elif tuple(acc.shape) != shape or not acc.is_contiguous():
+            elif acc.dim() != len(shape) or not _broadcasts(acc.shape, shape):
                 acc = acc.expand(shape).contiguous()
-        out.append(acc)
+            elif not owned or not acc.is_contiguous():
+                acc = acc.contiguous() if not acc.is_contiguous() else acc.clone()
+            if acc.shape[-2:] != shape[-2:]:  # keep B and F whole: the contraction reads them
+                acc = acc.expand(*acc.shape[:-2], *shape[-2:]).contiguous()
+        out[k] = acc
     return out
+
+
+def _zero(p: Partial) -> bool:
+    return p is None or (isinstance(p, (int, float)) and p == 0)
+
+
+def _broadcasts(have: torch.Size, want: tuple[int, ...]) -> bool:
+    """Whether ``have`` broadcasts to ``want`` in the leading neuron dimension only."""
+    if tuple(have) == tuple(want):
+        return True
+    return have[0] == 1 and tuple(have[1:]) == tuple(want[1:])
 
 
 def contract(
@@ -191,18 +249,39 @@ def contract(
         cmap: The parameter's channel map.
         shape: The parameter's shape.
     """
-    out = None
+    out = None  # [N, F], or [O, F] when the channels are summed already
+    summed = False
     for g, e in zip(grads, traces):
         if g is None or e is None:
             continue
         batch, width = e.shape[-2:]
-        neurons = e[..., 0, 0].numel()
-        rows = g.reshape(batch, neurons).t().unsqueeze(1).to(e.dtype)  # [N, 1, B]
-        term = torch.bmm(rows, e.reshape(neurons, batch, width))
+        neurons = g[0].numel()
+        g = g.to(e.dtype)
+        if e.shape[0] != g.shape[1] and cmap.blocks is not None:
+            # the trace is the same for every channel: one matrix product over (p, b)
+            per = g.reshape(batch, cmap.channels, -1).permute(1, 2, 0).reshape(cmap.channels, -1)
+            term, done = per @ e.reshape(-1, width), True
+        elif cmap.blocks is not None and not cmap.dense:
+            # neurons are channel-major: one product per channel over its (p, b) pairs
+            per = g.reshape(batch, cmap.channels, -1).permute(1, 2, 0)
+            rows = per.reshape(cmap.channels, 1, -1)
+            term = torch.bmm(rows, e.reshape(cmap.channels, -1, width)).squeeze(1)
+            done = True
+        else:
+            if e.shape[0] != g.shape[1]:
+                e = e.expand(*g.shape[1:], batch, width)
+            rows = g.reshape(batch, neurons).t().unsqueeze(1)  # [N, 1, B]
+            term = torch.bmm(rows, e.reshape(neurons, batch, width)).squeeze(1)
+            done = False
+        if out is not None and done != summed:  # mixed: sum the per-neuron part first
+            out, term = _per_channel(out, cmap, summed), _per_channel(term, cmap, done)
+            done = True
         out = term if out is None else out + term
+        summed = done
     if out is None:
         return None
-    out = out.squeeze(1)  # [N, F]
+    if summed:
+        return out.reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
     if cmap.dense:
         per_channel = out.sum(0)
         return per_channel.reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
@@ -211,6 +290,15 @@ def contract(
     else:
         per_channel = out.new_zeros(cmap.channels, out.shape[1]).index_add_(0, cmap.index, out)
     return per_channel.reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
+
+
+def _per_channel(out: Tensor, cmap: ChannelMap, summed: bool) -> Tensor:
+    """``[N, F]`` summed to ``[O, F]`` (already summed: returned as is)."""
+    if summed:
+        return out
+    if cmap.blocks is not None:
+        return out.reshape(cmap.channels, cmap.blocks, -1).sum(1)
+    return out.new_zeros(cmap.channels, out.shape[1]).index_add_(0, cmap.index, out)
 
 
 def _moved(shape, axis: int) -> tuple[int, ...]:

@@ -1,0 +1,396 @@
+"""Layers fed through a chain: every operation between synapse and neuron, against the oracle.
+
+Each setting puts a synapse (Linear, Conv1d/2d/3d, ConvTranspose2d, Embedding, or a sum of two)
+and a chain (pooling, dropout, batch/layer norm, scaling, views, padding) in front of a float64
+neuron, then a second stateful layer on top, and compares the learner's gradients with the
+oracle (BPTT with the upper layer's state detached) to 1e-10. The neurons: a leaky cell whose
+traces factorise, the same cell with a differentiable zero reset, a two-state synaptic cell,
+and the paper's SNU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_spiking
+from toy_cells import ToyLeaky, ToySynaptic
+from torch import nn
+
+import snn_ostl
+from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+
+DT = torch.float64
+TOL = 1e-10
+T, B = 7, 3
+
+
+class Lambda(nn.Module):
+    """A tensor operation written in the forward, as users write ``10 * conv(x)``."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _cell(kind: str) -> nn.Module:
+    if kind == "leaky":
+        return ToyLeaky(beta=0.8, threshold=0.4)
+    if kind == "zero-reset":
+        return ToyLeaky(beta=0.8, threshold=0.4, reset="zero")
+    if kind == "synaptic":
+        return ToySynaptic(threshold=0.3)
+    raise ValueError(kind)
+
+
+#: name -> (synapse factory, chain factory, input shape of one sample, neurons after the chain)
+SETTINGS = {
+    "conv-maxpool": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.MaxPool2d(2),
+        (2, 8, 8),
+        3 * 3 * 3,
+    ),
+    "conv-avgpool": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.AvgPool2d(2),
+        (2, 8, 8),
+        27,
+    ),
+    "conv-scale-maxpool": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: Lambda(lambda z: 10 * F.max_pool2d(z, 2)),
+        (2, 8, 8),
+        27,
+    ),
+    "conv-scale": (
+        lambda: nn.Conv2d(2, 3, 3, padding=1, dtype=DT),
+        lambda: Lambda(lambda z: 0.5 * z),
+        (2, 4, 4),
+        48,
+    ),
+    "conv-dropout-maxpool": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.Sequential(nn.Dropout(0.3), nn.MaxPool2d(2)),
+        (2, 8, 8),
+        27,
+    ),
+    "conv-batchnorm-train": (
+        lambda: nn.Conv2d(2, 3, 3, bias=False, dtype=DT),
+        lambda: nn.Sequential(nn.BatchNorm2d(3, dtype=DT), nn.MaxPool2d(2)),
+        (2, 8, 8),
+        27,
+    ),
+    "conv-batchnorm-eval": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.Sequential(nn.BatchNorm2d(3, dtype=DT).eval(), nn.MaxPool2d(2)),
+        (2, 8, 8),
+        27,
+    ),
+    "conv-overlapping-maxpool": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.MaxPool2d(3, stride=2),
+        (2, 9, 9),
+        27,
+    ),
+    "conv-pad-relu-adaptive": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.Sequential(nn.ZeroPad2d(1), nn.ReLU(), nn.AdaptiveMaxPool2d(3)),
+        (2, 6, 6),
+        27,
+    ),
+    "conv-flatten": (
+        lambda: nn.Conv2d(2, 3, 3, dtype=DT),
+        lambda: nn.Sequential(nn.MaxPool2d(2), nn.Flatten()),
+        (2, 8, 8),
+        27,
+    ),
+    "conv1d-maxpool": (
+        lambda: nn.Conv1d(2, 4, 3, dtype=DT),
+        lambda: nn.MaxPool1d(2),
+        (2, 10),
+        16,
+    ),
+    "conv3d": (
+        lambda: nn.Conv3d(1, 2, 2, dtype=DT),
+        lambda: nn.Identity(),
+        (1, 3, 3, 3),
+        16,
+    ),
+    "conv-transpose": (
+        lambda: nn.ConvTranspose2d(2, 2, 2, stride=2, dtype=DT),
+        lambda: nn.Identity(),
+        (2, 2, 2),
+        32,
+    ),
+    "linear-dropout": (
+        lambda: nn.Linear(6, 5, dtype=DT),
+        lambda: nn.Dropout(0.4),
+        (6,),
+        5,
+    ),
+    "linear-layernorm": (
+        lambda: nn.Linear(6, 5, dtype=DT),
+        lambda: nn.LayerNorm(5, dtype=DT),
+        (6,),
+        5,
+    ),
+    "linear-batchnorm-eval": (
+        lambda: nn.Linear(6, 5, dtype=DT),
+        lambda: nn.BatchNorm1d(5, dtype=DT).eval(),
+        (6,),
+        5,
+    ),
+    "embedding": (
+        lambda: nn.Embedding(7, 5, dtype=DT),
+        lambda: nn.Identity(),
+        (),
+        5,
+    ),
+}
+
+
+class ChainNet(nn.Module):
+    """synapse -> chain -> neuron -> flatten -> Linear -> leaky neuron (the layer above)."""
+
+    def __init__(self, setting: str, cell: str) -> None:
+        super().__init__()
+        synapse, chain, _, neurons = SETTINGS[setting]
+        self.syn = synapse()
+        self.chain = chain()
+        self.lif = _cell(cell)
+        self.fc = nn.Linear(neurons, 3, dtype=DT)
+        self.top = ToyLeaky(beta=0.7, threshold=0.3)
+        if isinstance(self.chain, nn.Sequential) and isinstance(self.chain[0], nn.BatchNorm2d):
+            with torch.no_grad():  # random running statistics, so eval mode is not the identity
+                self.chain[0].running_mean.uniform_(-0.5, 0.5)
+                self.chain[0].running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x, states):
+        spikes, s1 = self.lif(self.chain(self.syn(x)), states[0])
+        out, s2 = self.top(self.fc(spikes.flatten(1)), states[1])
+        return out, (s1, s2), spikes
+
+
+def _data(setting: str, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = SETTINGS[setting][2]
+    if setting == "embedding":
+        x = torch.randint(0, 7, (T, B), generator=gen)
+    else:
+        x = torch.rand(T, B, *shape, generator=gen, dtype=DT) * 2.0
+    target = torch.randn(T, B, 3, generator=gen, dtype=DT)
+    return x, target
+
+
+def _runner(net, x, target, rates):
+    def run():
+        torch.manual_seed(11)  # the same dropout masks in every pass
+        states = (None, None)
+        for t in range(T):
+            out, states, spikes = net(x[t], states)
+            rates.append(float(spikes.detach().mean()))
+            yield ((states[1][0] - target[t]) ** 2).sum()
+
+    return run
+
+
+#: Weight gains that make the lower layer spike at a useful rate in every setting.
+GAINS = {
+    "conv-avgpool": 5.0,
+    "conv-scale": 4.0,
+    "conv-batchnorm-train": 0.3,
+    "conv-batchnorm-eval": 3.0,
+    "conv1d-maxpool": 3.0,
+    "conv3d": 3.0,
+    "linear-dropout": 3.0,
+    "linear-batchnorm-eval": 4.0,
+}
+
+
+def _tuned(setting: str, cell: str) -> ChainNet:
+    torch.manual_seed(3)
+    net = ChainNet(setting, cell)
+    with torch.no_grad():
+        net.syn.weight.mul_(2.0 * GAINS.get(setting, 1.0))
+        net.fc.weight.mul_(3.0)
+        if setting == "conv-avgpool":
+            net.syn.bias.fill_(1.0)
+        if setting == "linear-batchnorm-eval":
+            net.chain.bias.fill_(0.8)
+        if setting == "conv-batchnorm-train":  # normalised currents: lower them by the affine
+            net.chain[0].weight.fill_(0.6)
+            net.chain[0].bias.fill_(-0.6)
+    return net
+
+
+@pytest.mark.parametrize("cell", ["leaky", "zero-reset", "synaptic"])
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_chain_equals_oracle(setting, cell):
+    net = _tuned(setting, cell)
+    x, target = _data(setting)
+    rates: list[float] = []
+    run = _runner(net, x, target, rates)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is approximated, so nothing warns
+        grads, owners, order = ostl_gradients(net, run)
+    assert_spiking([sum(rates) / len(rates)], f"{setting}/{cell}")
+    assert owners["syn.weight"] == "lif"
+    for name, p in net.chain.named_parameters():
+        assert owners[f"chain.{name}"] == "lif", name
+    reference = oracle_gradients(net, run, owners, order)
+    errors = compare(grads, reference)
+    assert max(errors.values()) <= TOL, errors
+
+
+@pytest.mark.parametrize("setting", ["conv-maxpool", "linear-dropout", "embedding"])
+def test_chain_differs_from_full_bptt_below_a_stateful_layer(setting):
+    """Negative control: the lower layer's OSTL gradient is not BPTT's (the upper memory)."""
+    net = _tuned(setting, "leaky")
+    x, target = _data(setting)
+    run = _runner(net, x, target, [])
+    grads, _, _ = ostl_gradients(net, run)
+    for p in net.parameters():
+        p.grad = None
+    torch.stack(list(run())).sum().backward()
+    full = {n: p.grad for n, p in net.named_parameters()}
+    assert compare({"w": grads["syn.weight"]}, {"w": full["syn.weight"]})["w"] > 1e-4
+
+
+@pytest.mark.parametrize("variant", ["eprop", "ostl-no-h"])
+@pytest.mark.parametrize("setting", ["conv-maxpool", "linear-dropout"])
+def test_chain_variants_equal_their_oracle(setting, variant):
+    """Norse's LIFCell (whose reset is a differentiable gate) under e-prop and OSTL w/o H."""
+    import norse.torch as norse
+
+    net = _tuned(setting, "leaky")
+    net.lif, net.top = norse.LIFCell(), norse.LICell()
+    x, target = _data(setting)
+    rates: list[float] = []
+    gain = 4.0 if setting == "conv-maxpool" else 12.0
+
+    def run():
+        torch.manual_seed(11)
+        states = (None, None)
+        for t in range(T):
+            spikes, s1 = net.lif(net.chain(net.syn(x[t])) * gain, states[0])
+            out, s2 = net.top(net.fc(spikes.flatten(1)), states[1])
+            states = (s1, s2)
+            rates.append(float(spikes.detach().mean()))
+            yield ((out - target[t]) ** 2).sum()
+
+    grads, owners, order = ostl_gradients(net, run, variant=variant)
+    assert_spiking([sum(rates) / len(rates)], f"{setting}/{variant}")
+    reference = oracle_gradients(net, run, owners, order, variant=variant)
+    assert max(compare(grads, reference).values()) <= TOL
+
+
+@pytest.mark.parametrize("setting", ["conv-maxpool", "conv-batchnorm-train", "linear-layernorm"])
+def test_whole_sequence_backward_equals_per_step(setting):
+    net = _tuned(setting, "synaptic")
+    x, target = _data(setting)
+    run = _runner(net, x, target, [])
+    per_step, _, _ = ostl_gradients(net, run)
+    whole, _, _ = ostl_gradients(net, run, per_step=False)
+    assert max(compare(whole, per_step).values()) <= TOL
+
+
+class TwoSynapses(nn.Module):
+    """``lif(fc_a(x) + pool(conv_b(z)).flatten(1))``: two synapses summed into one current."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc_a = nn.Linear(4, 12, dtype=DT)
+        self.conv_b = nn.Conv2d(1, 3, 3, dtype=DT)
+        self.lif = ToyLeaky(beta=0.8, threshold=0.4, reset="zero")
+        self.fc = nn.Linear(12, 2, dtype=DT)
+        self.top = ToyLeaky(beta=0.7, threshold=0.3)
+
+    def forward(self, x, z, states):
+        current = self.fc_a(x) + F.max_pool2d(self.conv_b(z), 2).flatten(1)
+        spikes, s1 = self.lif(current, states[0])
+        out, s2 = self.top(self.fc(spikes), states[1])
+        return out, (s1, s2), spikes
+
+
+def test_sum_of_two_synapses_equals_oracle():
+    torch.manual_seed(5)
+    net = TwoSynapses()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(T, B, 4, generator=gen, dtype=DT) * 2
+    z = torch.rand(T, B, 1, 6, 6, generator=gen, dtype=DT) * 2
+    target = torch.randn(T, B, 2, generator=gen, dtype=DT)
+    rates: list[float] = []
+
+    def run():
+        states = (None, None)
+        for t in range(T):
+            out, states, spikes = net(x[t], z[t], states)
+            rates.append(float(spikes.detach().mean()))
+            yield ((states[1][0] - target[t]) ** 2).sum()
+
+    grads, owners, order = ostl_gradients(net, run)
+    assert owners["fc_a.weight"] == owners["conv_b.weight"] == "lif"
+    assert_spiking([sum(rates) / len(rates)], "two synapses")
+    reference = oracle_gradients(net, run, owners, order)
+    assert max(compare(grads, reference).values()) <= TOL
+
+
+def test_summary_names_the_chain_and_the_form():
+    net = _tuned("linear-layernorm", "leaky")
+    x, target = _data("linear-layernorm")
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        for loss in _runner(net, x, target, [])():
+            loss.backward()
+        text = learner.summary()
+    rows = {line.split()[2]: line for line in text.splitlines()[3:] if line.startswith("lif")}
+    # a layer norm mixes the features: every weight entry reaches every neuron
+    assert "full-jacobian" in rows["syn.weight"] and "through layer_norm" in rows["syn.weight"]
+    assert "chain.weight" in rows
+
+
+def test_a_current_computed_differently_later_is_refused():
+    class Switch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.syn = nn.Conv2d(1, 2, 3, dtype=DT)
+            self.lif = ToyLeaky(reset="zero")
+            self.pool = True
+
+        def forward(self, x, state):
+            z = self.syn(x)
+            return self.lif(F.max_pool2d(z, 2) if self.pool else F.avg_pool2d(z, 2), state)
+
+    net = Switch()
+    x = torch.rand(3, 2, 1, 6, 6, dtype=DT)
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        _, state = net(x[0], None)
+        net.pool = False
+        with pytest.raises(snn_ostl.StateError, match=r"lif \(ToyLeaky\).*max_pool2d.*avg_pool2d"):
+            net(x[1], state)
+
+
+def test_one_synapse_feeding_two_layers_is_refused():
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.syn = nn.Linear(3, 4, dtype=DT)
+            self.a = ToyLeaky(reset="zero")
+            self.b = ToyLeaky(reset="zero")
+
+        def forward(self, x):
+            z = self.syn(x)
+            return self.a(2 * z)[0] + self.b(3 * z)[0]
+
+    net = Fork()
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        with pytest.raises(snn_ostl.StateError, match="syn feeds both a and b"):
+            net(torch.rand(2, 3, dtype=DT))
