@@ -171,9 +171,7 @@ class ChainLayer:
             old = g.trace or [None] * d.num_states
             take = self._spare(g, current)
             with torch.no_grad():
-                g.trace = CT.advance(
-                    d.state, d.current, old, tangent, current, chain.width, take
-                )
+                g.trace = CT.advance(d.state, d.current, old, tangent, current, chain.width, take)
             # the previous traces become spares once the backward that reads them has run
             full = (*current.shape[1:], current.shape[0], chain.width)
             spares = [t for t in old if isinstance(t, Tensor) and tuple(t.shape) == full]

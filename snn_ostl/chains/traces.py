@@ -182,7 +182,8 @@ def advance(
             elif isinstance(base, Tensor) and isinstance(coef, Tensor):
                 full = torch.broadcast_shapes(base.shape, coef.shape)
                 buf = take(full) if tuple(full) == shape else None
-                acc, owned = torch.mul(base, coef, out=buf) if buf is not None else base * coef, True
+                product = torch.mul(base, coef, out=buf) if buf is not None else base * coef
+                acc, owned = product, True
             else:
                 acc = _times(coef, base)
                 owned = isinstance(acc, Tensor) and acc is not base
@@ -194,9 +195,14 @@ def advance(
             if acc is None or not isinstance(acc, Tensor):
                 scale = e if number and p == 1 else None
                 buf = take(tuple(e.shape)) if scale is None and tuple(e.shape) == shape else None
-                term = scale if scale is not None else (
-                    torch.mul(e, _neuron_major(p, like), out=buf) if buf is not None
-                    else e * _neuron_major(p, like)
+                term = (
+                    scale
+                    if scale is not None
+                    else (
+                        torch.mul(e, _neuron_major(p, like), out=buf)
+                        if buf is not None
+                        else e * _neuron_major(p, like)
+                    )
                 )
                 if acc is None:
                     acc, owned = term, term is not e

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_spiking
-from toy_cells import ToyLeaky, ToySynaptic
 from torch import nn
+from toy_cells import ToyLeaky, ToySynaptic
 
 import snn_ostl
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
@@ -193,7 +193,7 @@ def _runner(net, x, target, rates):
         torch.manual_seed(11)  # the same dropout masks in every pass
         states = (None, None)
         for t in range(T):
-            out, states, spikes = net(x[t], states)
+            _out, states, spikes = net(x[t], states)
             rates.append(float(spikes.detach().mean()))
             yield ((states[1][0] - target[t]) ** 2).sum()
 
@@ -241,7 +241,7 @@ def test_chain_equals_oracle(setting, cell):
         grads, owners, order = ostl_gradients(net, run)
     assert_spiking([sum(rates) / len(rates)], f"{setting}/{cell}")
     assert owners["syn.weight"] == "lif"
-    for name, p in net.chain.named_parameters():
+    for name, _p in net.chain.named_parameters():
         assert owners[f"chain.{name}"] == "lif", name
     reference = oracle_gradients(net, run, owners, order)
     errors = compare(grads, reference)
@@ -330,7 +330,7 @@ def test_sum_of_two_synapses_equals_oracle():
     def run():
         states = (None, None)
         for t in range(T):
-            out, states, spikes = net(x[t], z[t], states)
+            _out, states, spikes = net(x[t], z[t], states)
             rates.append(float(spikes.detach().mean()))
             yield ((states[1][0] - target[t]) ** 2).sum()
 
