@@ -52,21 +52,27 @@ class UnsupportedModuleError(SnnOstlError, ValueError):
         problems: Every problem found, not only the first.
     """
 
+    #: Whether ``strict=False`` is a way out (modules the learner does not know).
+    strict_hint = True
+
     def __init__(self, problems: list[Problem], supported: str = "") -> None:
         self.problems = list(problems)
         lines = [f"OSTL cannot train {len(self.problems)} module(s) of this model:"]
         lines += [f"  - {p}" for p in self.problems]
         if supported:
             lines.append(f"Supported stateful modules: {supported}.")
-        lines.append(
-            "Pass strict=False to train unknown modules with their instantaneous gradient "
-            "(an approximation that learner.summary() lists)."
-        )
+        if self.strict_hint:
+            lines.append(
+                "Pass strict=False to train unknown modules with their instantaneous gradient "
+                "(an approximation that learner.summary() lists)."
+            )
         super().__init__("\n".join(lines))
 
 
 class ConfigurationError(UnsupportedModuleError):
     """A known module type is configured in a way the learner cannot train exactly."""
+
+    strict_hint = False
 
 
 class AlreadyAttachedError(SnnOstlError, RuntimeError):

@@ -10,6 +10,8 @@ class holds the public API and inherits these methods.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import warnings
 import weakref
 from typing import Any
@@ -18,10 +20,26 @@ import torch
 from torch import Tensor, nn
 
 from snn_ostl.chains.walk import Block, ChainTooLongError, walk
-from snn_ostl.errors import ConfigurationError, DetachedLearnerError, Problem, StateError
+from snn_ostl.errors import (
+    ConfigurationError,
+    DetachedLearnerError,
+    Problem,
+    StateError,
+    UnsupportedModuleError,
+)
 from snn_ostl.layer import Layer
 
 __all__ = ["ForwardHooks"]
+
+_INTERNAL = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, __import__("snn_ostl")))
+
+
+def _user_frame() -> int:
+    """The ``stacklevel`` of the first caller outside torch and snn_ostl (the user's line)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class ForwardHooks:
@@ -307,17 +325,54 @@ class ForwardHooks:
             self._fused[synapse] = layer
         self._note_unbound(layer)
 
+    def _chain_module_pre(self, module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled():
+            self._note(self._chain_paths[module])
+
     def _note_unbound(self, layer: Layer) -> None:
-        """Warn about synapses that ran before ``layer`` without feeding any layer."""
+        """Refuse (or, when allowed, warn about) trained modules below ``layer``.
+
+        A synapse or normalisation that ran before ``layer`` in this step without being part
+        of any layer's block feeds a layer's synapse from below (a feature extractor). Its
+        exact eligibility is not kept; its instantaneous gradient is an approximation.
+        """
         bound = {lay.synapse for lay in self.layers.values()} | set(self._feeds)
-        for p, m in self._plan.synapses.items():
-            if p in self._order and m not in bound and p not in self._plan.instantaneous:
-                self._plan.instantaneous[p] = (
-                    f"instantaneous gradient (approximation: below {layer.path})"
-                )
-                warnings.warn(
-                    f"{p} runs before the stateful layer {layer.path} without feeding its "
-                    "current directly; it is trained with its instantaneous gradient (an "
-                    "approximation, see learner.summary()).",
-                    stacklevel=4,
-                )
+        owned = {id(g.param) for lay in self.layers.values() for g in lay.groups}
+        below = []
+        candidates = [*self._plan.synapses.items(), *self._plan.chain_modules.items()]
+        for p, m in candidates:
+            if p not in self._order or m in bound or p in self._plan.instantaneous:
+                continue
+            trained = [q for q in m.parameters(recurse=False) if q.requires_grad]
+            if not trained or all(id(q) in owned for q in trained):
+                continue
+            below.append((p, m))
+        if not below:
+            return
+        if not self.instantaneous_below:
+            raise UnsupportedModuleError(
+                [
+                    Problem(
+                        p,
+                        type(m).__name__,
+                        f"it runs before the stateful layer {layer.path} and reaches its input "
+                        "current only through a synapse (a feature extractor below the layer); "
+                        "its exact OSTL gradient would need that layer's eligibility with "
+                        "respect to its parameters, which is not kept.",
+                        "freeze it (requires_grad=False), move it into the layer's chain, or "
+                        "accept its instantaneous gradient (an approximation) with "
+                        "OSTL(model, instantaneous_below=True).",
+                    )
+                    for p, m in below
+                ]
+            )
+        for p, _m in below:
+            self._plan.instantaneous[p] = (
+                f"instantaneous gradient (approximation: below {layer.path})"
+            )
+            warnings.warn(
+                f"{p} runs before the stateful layer {layer.path} without feeding its current "
+                "through a chain; it is trained with its instantaneous gradient (an "
+                "approximation, see learner.summary()).",
+                stacklevel=_user_frame(),
+            )

@@ -94,6 +94,11 @@ class OSTL(ForwardHooks):
         seed: Seed of the random feedback matrices.
         strict: Refuse modules the learner cannot train exactly. With ``strict=False`` they get
             their instantaneous gradient, and :meth:`summary` says so.
+        instantaneous_below: Train a synapse or normalisation that runs before a stateful
+            layer without feeding its current through a chain (a feature extractor below the
+            first spiking layer) with its instantaneous gradient, an approximation that
+            :meth:`summary` marks. False (default, with ``strict=True``): such a module is
+            refused at the first step, before any gradient is written.
         trace_budget: Bytes of eligibility snapshots that may wait for a backward pass (a
             whole-sequence backward keeps one per step). Past it, :class:`TraceBudgetError`.
         advance_in_backward: Advance per-synapse traces inside each step's backward, in place
@@ -123,6 +128,7 @@ class OSTL(ForwardHooks):
         learning_signal: str = "backprop",
         seed: int = 0,
         strict: bool = True,
+        instantaneous_below: bool = False,
         trace_budget: int = 2**31,
         advance_in_backward: bool = True,
         flush_every: int = 1,
@@ -161,6 +167,7 @@ class OSTL(ForwardHooks):
             raise UnsupportedModuleError(plan.problems, supported_names())
         self.model = model
         self.variant, self.learning_signal, self.strict = variant, learning_signal, strict
+        self.instantaneous_below = instantaneous_below or not strict
         self.trace_budget = trace_budget
         self.flush_every = flush_every
         self._plan = plan
@@ -199,6 +206,9 @@ class OSTL(ForwardHooks):
         for module in self._synapse_paths:
             self._handles.append(module.register_forward_pre_hook(self._synapse_pre))
             self._handles.append(module.register_forward_hook(self._synapse_post, always_call=True))
+        self._chain_paths = {m: p for p, m in plan.chain_modules.items()}
+        for module in self._chain_paths:  # only to know which ran before which layer
+            self._handles.append(module.register_forward_pre_hook(self._chain_module_pre))
         if learning_signal == "direct":
             self._handles.append(model.register_forward_hook(self._model_post))
         if flush_every > 1:

@@ -62,13 +62,15 @@ class Plan:
 
     Attributes:
         layers: Stateful modules with an adapter, by qualified name.
-        synapses: Linear/Conv modules (each may turn out to feed a stateful layer).
+        synapses: Linear/Conv/Embedding modules (each may turn out to feed a stateful layer).
+        chain_modules: Normalisations with parameters (each may sit in a layer's chain).
         instantaneous: Modules trained with their instantaneous gradient, with the reason.
         problems: Modules that cannot be trained exactly.
     """
 
     layers: dict[str, tuple[nn.Module, CellAdapter]] = field(default_factory=dict)
     synapses: dict[str, nn.Module] = field(default_factory=dict)
+    chain_modules: dict[str, nn.Module] = field(default_factory=dict)
     instantaneous: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
@@ -150,7 +152,10 @@ def plan_model(model: nn.Module, variant: str = "ostl") -> Plan:
                     f"use {WHOLE_SEQUENCE[type(module)]} and call it once per time step.",
                 )
             )
-        elif isinstance(module, STATELESS) or type(module) in CHAIN_MODULES:
+        elif type(module) in CHAIN_MODULES:
+            if any(True for _ in module.parameters(recurse=False)):
+                plan.chain_modules[path] = module
+        elif isinstance(module, STATELESS):
             continue
         elif _has_own_tensors(module, claimed):
             framework = type(module).__module__.split(".")[0]

@@ -210,7 +210,7 @@ def test_two_layers_equal_oracle(adapter, make, variant):
     with warnings.catch_warnings():
         # a bridging Linear before a cell with its own weights gets its instantaneous gradient
         warnings.simplefilter("ignore")
-        grads, owners, order = ostl_gradients(model, run, variant=variant)
+        grads, owners, order = ostl_gradients(model, run, variant=variant, instantaneous_below=True)
     grads.update(_take_p_grads(model))
     if adapter.spiking:
         assert_spiking(_rates(rates), "two layers")
@@ -747,10 +747,19 @@ def test_flush_every_equals_oracle(adapter, make, variant):
     _take_p_grads(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        grads, owners, order = ostl_gradients(model, run, variant=variant, flush_every=3)
+        grads, owners, order = ostl_gradients(
+            model, run, variant=variant, flush_every=3, instantaneous_below=True
+        )
         _take_p_grads(model)
         direct = [
-            ostl_gradients(model, run, variant=variant, learning_signal="direct", **kw)[0]
+            ostl_gradients(
+                model,
+                run,
+                variant=variant,
+                learning_signal="direct",
+                instantaneous_below=True,
+                **kw,
+            )[0]
             for kw in ({}, {"flush_every": 3})
         ]
     _take_p_grads(model)

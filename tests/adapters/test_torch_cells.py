@@ -106,7 +106,7 @@ def test_one_layer_equals_full_bptt(make):
     model = Stack(make, depth=1)
     x, target = _data(model.inputs)
     run = _runner(model, x, target)
-    grads, owners, _ = ostl_gradients(model, run)
+    grads, owners, _ = ostl_gradients(model, run, instantaneous_below=True)
     reference = _full_bptt(model, run)
     assert set(grads) == set(reference) == {n for n, _ in model.named_parameters()}
     assert {n for n, o in owners.items() if o == "cells.0"} == {
@@ -122,7 +122,7 @@ def test_two_layers_equal_oracle(make):
     model = Stack(make, depth=2)
     x, target = _data(model.inputs, seed=1)
     run = _runner(model, x, target)
-    grads, owners, order = ostl_gradients(model, run)
+    grads, owners, order = ostl_gradients(model, run, instantaneous_below=True)
     reference = oracle_gradients(model, run, owners, order)
     errors = compare(grads, reference)
     assert max(errors.values()) <= TOL, errors
@@ -138,8 +138,8 @@ def test_one_backward_per_sequence_equals_per_step(make):
     model = Stack(make, depth=2)
     x, target = _data(model.inputs, seed=2)
     run = _runner(model, x, target)
-    per_step, _, _ = ostl_gradients(model, run)
-    once, _, _ = ostl_gradients(model, run, per_step=False)
+    per_step, _, _ = ostl_gradients(model, run, instantaneous_below=True)
+    once, _, _ = ostl_gradients(model, run, per_step=False, instantaneous_below=True)
     assert max(compare(once, per_step).values()) <= 1e-12
 
 
@@ -196,7 +196,7 @@ def test_hx_as_keyword_and_explicit_initial_state():
             h = cell(x[t], hx=h)
             yield readout(h).pow(2).sum()
 
-    grads, _, _ = ostl_gradients(model, run)
+    grads, _, _ = ostl_gradients(model, run, instantaneous_below=True)
     reference = _full_bptt(model, run)
     assert max(compare(grads, reference).values()) <= TOL
 
@@ -225,11 +225,11 @@ def test_linear_before_the_cell_gets_its_instantaneous_gradient():
             out, state = net(x[t], state)
             yield ((out - target[t]) ** 2).sum()
 
-    grads, owners, order = ostl_gradients(net, run)
+    grads, owners, order = ostl_gradients(net, run, instantaneous_below=True)
     assert "pre.weight" not in owners
     reference = oracle_gradients(net, run, owners, order)
     assert max(compare(grads, reference).values()) <= TOL
-    with snn_ostl.OSTL(net) as learner:
+    with snn_ostl.OSTL(net, instantaneous_below=True) as learner:
         learner.reset()
         for loss in run():
             loss.backward()
@@ -291,8 +291,8 @@ def test_autograd_reference_path_trains_the_same(monkeypatch):
     model = Stack(lambda: nn.LSTMCell(4, 5, dtype=DT), depth=2)
     x, target = _data(model.inputs, seed=4)
     run = _runner(model, x, target)
-    written, _, _ = ostl_gradients(model, run)
+    written, _, _ = ostl_gradients(model, run, instantaneous_below=True)
     adapter_type = type(adapter_for(model.cells[0]))
     monkeypatch.setattr(adapter_type, "derivatives", DenseAdapter.derivatives)
-    generic, _, _ = ostl_gradients(model, run)
+    generic, _, _ = ostl_gradients(model, run, instantaneous_below=True)
     assert max(compare(written, generic).values()) <= 1e-12

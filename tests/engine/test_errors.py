@@ -161,7 +161,30 @@ def test_subclass_of_an_adapted_cell_is_refused_not_skipped():
     assert "subclasses SNU" in problems[0].why and "register_adapter" in problems[0].fix
 
 
-def test_linear_below_a_cell_with_own_weights_warns():
+def test_linear_below_a_cell_with_own_weights_is_refused_at_the_first_step():
+    """Its exact eligibility is not kept: strict mode refuses it before any gradient."""
     net = StackNet([8, 6], front=nn.Sequential(nn.Linear(8, 8, dtype=torch.float64)))
-    with snn_ostl.OSTL(net), pytest.warns(UserWarning, match=r"front\.0 runs before.*cells\.0"):
+    with snn_ostl.OSTL(net), pytest.raises(snn_ostl.UnsupportedModuleError) as info:
+        net(torch.rand(2, 8, dtype=torch.float64), [None])
+    text = str(info.value)
+    assert "front.0 (Linear): it runs before the stateful layer cells.0" in text
+    assert "instantaneous_below=True" in text
+
+
+def test_linear_below_a_cell_with_own_weights_warns_when_allowed():
+    """The opt-in approximation warns once, pointing at the user's line (not torch's)."""
+    net = StackNet([8, 6], front=nn.Sequential(nn.Linear(8, 8, dtype=torch.float64)))
+    with (
+        snn_ostl.OSTL(net, instantaneous_below=True),
+        pytest.warns(UserWarning, match=r"front\.0 runs before.*cells\.0") as record,
+    ):
+        net(torch.rand(2, 8, dtype=torch.float64), [None])
+    # the model's own forward, where it calls the layer (tests/engine/nets.py here)
+    assert record[0].filename.endswith("nets.py")
+
+
+def test_a_frozen_linear_below_is_not_refused():
+    net = StackNet([8, 6], front=nn.Sequential(nn.Linear(8, 8, dtype=torch.float64)))
+    net.front.requires_grad_(False)
+    with snn_ostl.OSTL(net):
         net(torch.rand(2, 8, dtype=torch.float64), [None])

@@ -108,7 +108,7 @@ def test_feature_extractor_below_gets_instantaneous_gradient():
     net = StackNet([8, 6], front=front)
     x, target = data()
     run = stack_runner(net, x, target)
-    grads, owners, order = ostl_gradients(net, run)
+    grads, owners, order = ostl_gradients(net, run, instantaneous_below=True)
     reference = oracle_gradients(net, run, owners, order)
     errors = compare(grads, reference)
     assert max(errors.values()) <= TOL

@@ -14,7 +14,7 @@ def test_summary_lists_forms_and_memory():
         [8, 6, 5], recurrent=True, front=nn.Sequential(nn.Linear(8, 8, dtype=torch.float64))
     )
     x, _ = data()
-    with snn_ostl.OSTL(net) as learner:
+    with snn_ostl.OSTL(net, instantaneous_below=True) as learner:
         assert "chosen at the first step" in learner.summary()
         net(x[0], [None, None])
         text = learner.summary()
