@@ -266,12 +266,17 @@ def refusal_rows() -> list[dict[str, str]]:
 
 def known_rows() -> list[dict[str, str]]:
     """The module types the learner knows besides the registered stateful ones."""
-    from snn_ostl.validate import STATELESS, SYNAPSES
+    from snn_ostl.validate import CHAIN_MODULES, STATELESS, SYNAPSES
 
     return [
         {
-            "role": "synapses (may feed a stateful layer's current)",
+            "role": "synapses (feed a stateful layer's current, directly or through a chain)",
             "modules": ", ".join(public_name(c) for c in SYNAPSES),
+        },
+        {
+            "role": "normalisations (their parameters belong to the layer whose chain they sit "
+            "in)",
+            "modules": ", ".join(public_name(c) for c in CHAIN_MODULES),
         },
         {
             "role": "stateless (no state of their own; the learner lets them through)",
