@@ -67,7 +67,14 @@ class History:
         out: list[Tensor | None] = []
         for index, (g, tr) in enumerate(zip(self.groups, self.snapshot)):
             if g.chain is not None:
-                term = None if tr is None else CT.contract(grads, tr, g.chain.cmap, g.param.shape)
+                step = None if tr is None else self.layer.claim(index, tr, self)
+                if step is None:
+                    term = (
+                        None if tr is None else CT.contract(grads, tr, g.chain.cmap, g.param.shape)
+                    )
+                else:  # this backward also advances the trace in place (chains.inplace)
+                    self.consumed = True
+                    term = step.contract_and_advance(grads, tr, g.chain.cmap, g.param.shape)
                 out.append(None if term is None else term.to(g.param.dtype))
                 continue
             if g.fused:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from snn_ostl.chains import traces as CT
+from snn_ostl.chains.inplace import plan as plan_inplace
 from snn_ostl.chains.tangents import (
     Linearised,
     Tangent,
@@ -170,6 +171,13 @@ class ChainLayer:
                 tangent = tangents[(chain.synapse, chain.part)]
             old = g.trace or [None] * d.num_states
             take = self._spare(g, current)
+            step = None
+            if self.advance_in_backward:
+                step = plan_inplace(d.state, d.current, old, tangent, current, chain.cmap)
+            if step is not None:  # run in this step's backward (or before the next step)
+                g.pending = step
+                continue
+            tangent.materialise(take)
             with torch.no_grad():
                 g.trace = CT.advance(d.state, d.current, old, tangent, current, chain.width, take)
             # the previous traces become spares once the backward that reads them has run

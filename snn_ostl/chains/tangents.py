@@ -91,13 +91,53 @@ class Tangent:
 
     Attributes:
         coef: ``[*N, B, 1]``, or None for 1.
-        base: A tensor broadcastable to ``[*N, B, F]``, or a number (a bias: ``F = 1``).
+        base: A tensor broadcastable to ``[*N, B, F]``, or a number (a bias: ``F = 1``); None
+            while a gathered tangent is not built (:meth:`materialise`).
         owned: ``base`` is a fresh ``[*N, B, F]`` tensor that a trace may take over.
+        source: Gathered tangent: rows ``[B * P, F]`` (the input patch at every position).
+        order: Gathered tangent: the row of each (neuron, sample), neuron-major, ``[N * B]``.
+        shape: Gathered tangent: ``[*N, B, F]``.
     """
 
     coef: Tensor | None
-    base: Tensor | float
+    base: Tensor | float | None
     owned: bool = False
+    source: Tensor | None = None
+    order: Tensor | None = None
+    shape: tuple[int, ...] | None = None
+
+    def materialise(self, take: Any = lambda shape: None) -> None:
+        """Build a gathered tangent's ``base`` in full (in a spare buffer when one is free)."""
+        if self.base is not None or self.source is None:
+            return
+        buf = take(self.shape)
+        width = self.source.shape[-1]
+        if buf is not None:
+            torch.index_select(self.source, 0, self.order, out=buf.view(-1, width))
+            self.base = buf
+        else:
+            self.base = self.source.index_select(0, self.order).view(self.shape)
+        self.owned = True
+
+    @property
+    def deferrable(self) -> bool:
+        """Whether :meth:`rows` can hand out channel blocks without building the whole."""
+        if self.source is not None or not isinstance(self.base, Tensor):
+            return True
+        return self.base.shape[0] == 1 or self.base.is_contiguous()
+
+    def rows(self, lo: int, hi: int, block: torch.Size) -> Tensor | float:
+        """``X`` for channels ``[lo, hi)`` of a trace viewed as ``[O, R, B, F]``."""
+        if self.source is not None:
+            per = block[1] * block[2]  # rows per channel: R neurons x B samples
+            index = self.order[lo * per : hi * per]
+            return self.source.index_select(0, index).view(hi - lo, *block[1:])
+        base = self.base
+        if not isinstance(base, Tensor):
+            return base
+        if base.shape[0] == 1:  # the same for every channel
+            return base.reshape(1, -1, *base.shape[-2:])
+        return base.reshape(-1, block[1], *base.shape[-2:])[lo:hi]
 
 
 def channel_axis(module: nn.Module) -> int:
@@ -332,13 +372,7 @@ def _maxpool_tangents(
     offsets = torch.arange(batch, device=index.device) * positions
     order = (index.movedim(0, -1) + offsets).reshape(-1)  # neuron-major, then batch
     shape = (*current.shape[1:], batch, width)
-    buf = take(shape)
     source = flat_rows.reshape(-1, width)
-    if buf is not None:
-        torch.index_select(source, 0, order, out=buf.view(-1, width))
-        base = buf
-    else:
-        base = source.index_select(0, order).view(shape)
     coef = None
     if any(type(n).__name__ not in _VIEWS for n in use.nodes[1:]):
         with torch.enable_grad():
@@ -348,4 +382,5 @@ def _maxpool_tangents(
         # windows do not overlap: each maximum's cotangent is the factor above the pooling
         d = d.reshape(batch, channels, -1).gather(2, index.reshape(batch, channels, -1))
         coef = _as_neuron_major(d.reshape(current.shape))
-    return Tangent(coef, base, owned=True), Tangent(coef, 1.0) if want_bias else None
+    weight = Tangent(coef, None, source=source, order=order, shape=shape)
+    return weight, Tangent(coef, 1.0) if want_bias else None

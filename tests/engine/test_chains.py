@@ -290,9 +290,12 @@ def test_chain_variants_equal_their_oracle(setting, variant):
     assert max(compare(grads, reference).values()) <= TOL
 
 
+@pytest.mark.parametrize("cell", ["synaptic", "zero-reset"])
 @pytest.mark.parametrize("setting", ["conv-maxpool", "conv-batchnorm-train", "linear-layernorm"])
-def test_whole_sequence_backward_equals_per_step(setting):
-    net = _tuned(setting, "synaptic")
+def test_whole_sequence_backward_equals_per_step(setting, cell):
+    """Per step, a single-state trace advances inside the backward; with one backward at the
+    end every step's advance runs before the next step, out of place while snapshots wait."""
+    net = _tuned(setting, cell)
     x, target = _data(setting)
     run = _runner(net, x, target, [])
     per_step, _, _ = ostl_gradients(net, run)
@@ -339,6 +342,29 @@ def test_sum_of_two_synapses_equals_oracle():
     assert_spiking([sum(rates) / len(rates)], "two synapses")
     reference = oracle_gradients(net, run, owners, order)
     assert max(compare(grads, reference).values()) <= TOL
+
+
+def test_a_second_backward_through_an_advanced_step_is_refused():
+    """The step's backward advanced the trace in place; a second one would read e_t."""
+    net = _tuned("conv-maxpool", "zero-reset")
+    x, _ = _data("conv-maxpool")
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        _, states, _ = net(x[0], (None, None))
+        states[1][0].sum().backward()
+        _, states, _ = net(x[1], states)
+        loss = states[1][0].sum()
+        loss.backward(retain_graph=True)
+        with pytest.raises(snn_ostl.StateError, match="second backward"):
+            loss.backward()
+    with snn_ostl.OSTL(net, advance_in_backward=False) as learner:  # the way out
+        learner.reset()
+        _, states, _ = net(x[0], (None, None))
+        states[1][0].sum().backward()
+        _, states, _ = net(x[1], states)
+        loss = states[1][0].sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
 
 
 def test_summary_names_the_chain_and_the_form():
