@@ -2,7 +2,7 @@
 
 State (s, y), both [B, N]; y is the spike state that e-prop cuts. W (and the optional input
 bias) are synapses on the module's input, H a recurrent synapse driven by y_{t-1}. The partials
-below are the derivatives of :func:`snn_ostl.cells.snu_step` written out; the tests check them
+below are the derivatives of :func:`snn_ostl.cells.snu.snu_step` written out; the tests check them
 against :func:`snn_ostl.derivatives.elementwise_derivatives`.
 """
 
@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from snn_ostl.adapter import ElementwiseAdapter, InternalSynapse, StepRecord
-from snn_ostl.cells import SNU, SNUState, SoftSNU
+from snn_ostl.cells.snu import SNU, SNUState, SoftSNU
+from snn_ostl.cells.surrogate import fast_sigmoid_derivative, spike
 from snn_ostl.derivatives import ElementwiseDerivatives
 from snn_ostl.registry import register_adapter
-from snn_ostl.surrogate import fast_sigmoid_derivative, spike
 
 __all__ = ["SNUAdapter"]
 

@@ -5,7 +5,7 @@ Attach :class:`OSTL` to an existing snnTorch, Norse or torch model; the user's o
 imports snnTorch or Norse.
 """
 
-from snn_ostl.cells import SNU, SNUState, SoftSNU, snu_step
+from snn_ostl.cells.snu import SNU, SNUState, SoftSNU, snu_step
 from snn_ostl.errors import (
     AlreadyAttachedError,
     ConfigurationError,

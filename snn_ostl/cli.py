@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from snn_ostl.learner import LEARNING_SIGNALS
-from snn_ostl.training import LEARNERS, ONLINE_LEARNERS, Method, parse_update
+from snn_ostl.tasks.training import LEARNERS, ONLINE_LEARNERS, Method, parse_update
 
 __all__ = ["build_parser", "main"]
 

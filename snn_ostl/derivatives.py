@@ -51,7 +51,7 @@ class ElementwiseDerivatives:
         derived: ``derived[k] = (j, D)`` declares that state k reaches synapse parameters only
             through state j of the same step: ``∂s^k_t/∂θ = D ∂s^j_t/∂θ`` for every synapse
             weight and bias θ (the SNU's output ``y = h(s)``, with ``D = h'``). Synapse traces
-            are then kept for j alone (:mod:`snn_ostl.derived`). Optional: a fast path.
+            are then kept for j alone (:mod:`snn_ostl.traces.derived`). Optional: a fast path.
     """
 
     state: list[list[Partial]]

@@ -7,7 +7,7 @@
 >>> learner.detach()
 
 How it works (details on the theory page): before each step of a stateful module the learner
-detaches the module's previous state and passes it through an :func:`snn_ostl.inject.inject`
+detaches the module's previous state and passes it through an :func:`snn_ostl.hooks.inject.inject`
 node that holds the eligibility snapshot ``e_{t-1}``; after the step it advances the traces.
 The user's backward then yields the instantaneous gradient plus the history term, which is the
 OSTL gradient.
@@ -31,9 +31,9 @@ from snn_ostl.errors import (
     TraceBudgetError,
     UnsupportedModuleError,
 )
-from snn_ostl.hooks import ForwardHooks
-from snn_ostl.layer import Layer
-from snn_ostl.signals import FeedbackSignals
+from snn_ostl.hooks.forward import ForwardHooks
+from snn_ostl.hooks.layer import Layer
+from snn_ostl.hooks.signals import FeedbackSignals
 from snn_ostl.validate import plan_model, supported_names
 
 __all__ = ["LEARNING_SIGNALS", "OSTL", "VARIANTS", "is_attached"]
@@ -108,7 +108,8 @@ class OSTL(ForwardHooks):
         flush_every: Per-synapse weights (e.g. under Norse's ``LIFCell``) record each step's
             state gradient and add their history terms to ``.grad`` every this many steps, in
             one pass over the trace instead of one per step (exact; see
-            :mod:`snn_ostl.window`). Flushes also run before every ``optimizer.step()``, and on
+            :mod:`snn_ostl.traces.window`). Flushes also run before every ``optimizer.step()``, and
+            on
             :meth:`flush`, :meth:`reset` and :meth:`detach`; call :meth:`flush` yourself before
             reading those ``.grad`` between optimizer steps (e.g. before
             ``clip_grad_norm_``). Flushed terms reach ``.grad`` only, never the result of

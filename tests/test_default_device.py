@@ -15,7 +15,7 @@ import torch
 from snn_ostl.data import pad_time_major, rate_code
 from snn_ostl.data.delay import make_delay_task
 from snn_ostl.data.encoding import to_tensors
-from snn_ostl.signals import FeedbackSignals
+from snn_ostl.hooks.signals import FeedbackSignals
 from snn_ostl.tasks.base import generator, shuffled
 
 

@@ -154,7 +154,7 @@ def _forms_by_running(entry: Any, factory: Callable[[], nn.Module], variant: str
 
 def _forms_by_binding(entry: Any, factory: Callable[[], nn.Module], variant: str) -> list:
     """The same choice made without running: what the learner decides at the first step."""
-    from snn_ostl.layer import Layer
+    from snn_ostl.hooks.layer import Layer
 
     module = factory()
     layer = Layer("neuron", module, entry.adapter, variant)
@@ -274,8 +274,7 @@ def known_rows() -> list[dict[str, str]]:
             "modules": ", ".join(public_name(c) for c in SYNAPSES),
         },
         {
-            "role": "normalisations (their parameters belong to the layer whose chain they sit "
-            "in)",
+            "role": "normalisations (their parameters belong to the layer whose chain they sit in)",
             "modules": ", ".join(public_name(c) for c in CHAIN_MODULES),
         },
         {

@@ -1,6 +1,6 @@
 """A layer fed through a chain: its trace groups, checked and advanced at every step.
 
-:class:`snn_ostl.layer.Layer` inherits these methods. A layer is bound this way when its
+:class:`snn_ostl.hooks.layer.Layer` inherits these methods. A layer is bound this way when its
 current is not the output of one Linear/Conv that the older forms handle (presynaptic, fused,
 per-synapse Linear): a pooling, dropout, normalisation or sum sits in between, the synapse is
 an embedding, a 3-d or transposed convolution, or a convolution feeds a neuron whose traces do
@@ -24,7 +24,7 @@ from snn_ostl.chains.tangents import (
 )
 from snn_ostl.chains.walk import Block
 from snn_ostl.errors import ConfigurationError, Problem, StateError
-from snn_ostl.groups import TraceGroup
+from snn_ostl.traces.groups import TraceGroup
 
 __all__ = ["ChainLayer"]
 
@@ -36,7 +36,7 @@ def _probe_directions(z: Tensor, axis: int, generator: torch.Generator) -> Tenso
 
 
 class ChainLayer:
-    """The chain-fed part of :class:`snn_ostl.layer.Layer` (no state of its own)."""
+    """The chain-fed part of :class:`snn_ostl.hooks.layer.Layer` (no state of its own)."""
 
     block: Block | None = None
 

@@ -8,7 +8,7 @@ value (snnTorch ``Leaky``: one state), the learner instead plans the advance aft
 and runs it in that step's backward, channel block by channel block: each block is contracted and
 then advanced in place while it is still in cache. A step that gets no backward is advanced before
 the next one (:meth:`ChainStep.apply`), the same bookkeeping as the per-synapse traces of
-:mod:`snn_ostl.per_synapse` (:class:`snn_ostl.snapshots.Snapshots`).
+:mod:`snn_ostl.traces.per_synapse` (:class:`snn_ostl.traces.snapshots.Snapshots`).
 """
 
 from __future__ import annotations

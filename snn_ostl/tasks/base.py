@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from snn_ostl.tasks.models import StepNet
-from snn_ostl.training import Objective, SeqBatch
+from snn_ostl.tasks.training import Objective, SeqBatch
 
 __all__ = ["Availability", "Task", "TaskData", "generator", "have_module"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from snn_ostl.tasks.base import Task
 from snn_ostl.tasks.report import make_run_dir, plot_curves, plot_gradient_errors, write_metrics
 from snn_ostl.tasks.runner import RunSpec, build_model, fit, format_metric, gradient_agreement
-from snn_ostl.training import Method
+from snn_ostl.tasks.training import Method
 
 __all__ = ["compare_command", "tasks_table", "train_command"]
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from snn_ostl.tasks.base import Task, TaskData, generator
 from snn_ostl.tasks.objectives import Classification
-from snn_ostl.training import SeqBatch
+from snn_ostl.tasks.training import SeqBatch
 
 __all__ = ["DelayTask"]
 

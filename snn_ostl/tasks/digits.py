@@ -15,7 +15,7 @@ from torch import Tensor
 
 from snn_ostl.tasks.base import Availability, Task, TaskData, generator, have_module
 from snn_ostl.tasks.objectives import Classification
-from snn_ostl.training import SeqBatch
+from snn_ostl.tasks.training import SeqBatch
 
 __all__ = ["DigitsTask", "ImageTask"]
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from snn_ostl.tasks.base import Availability, Task, TaskData, generator, have_module, shuffled
 from snn_ostl.tasks.objectives import MultiLabel
-from snn_ostl.training import SeqBatch
+from snn_ostl.tasks.training import SeqBatch
 
 __all__ = ["JSBTask"]
 

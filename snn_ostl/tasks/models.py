@@ -29,7 +29,7 @@ CELLS = {
 
 def _make_cell(cell: str, n_in: int, n_out: int, options: dict[str, Any]) -> nn.Module:
     if cell in ("snu", "ssnu"):
-        from snn_ostl.cells import SNU
+        from snn_ostl.cells.snu import SNU
 
         return SNU(n_in, n_out, soft=cell == "ssnu", **options)
     if cell == "leaky":

@@ -1,7 +1,8 @@
 """Loss functions and metrics of the tasks, one step at a time.
 
-Each objective gives the loss of one time step (summed over the batch) for the training loops of
-:mod:`snn_ostl.training` and turns whole sequences of outputs into metrics. The loss of a batch
+Each objective gives the loss of one time step (summed over the batch) for the training loops
+of :mod:`snn_ostl.tasks.training` and turns whole sequences of outputs into metrics. The loss of a
+batch
 is the sum of its step losses divided by :meth:`scale`, so a per-step backward and one backward
 over the sequence produce the same gradient.
 """
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from snn_ostl.training import SeqBatch
+from snn_ostl.tasks.training import SeqBatch
 
 __all__ = ["Classification", "MultiLabel", "NextToken"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from snn_ostl.tasks.base import Task, TaskData
-from snn_ostl.training import Method, evaluate, sequence_run, train_batch
+from snn_ostl.tasks.training import Method, evaluate, sequence_run, train_batch
 
 __all__ = ["RunSpec", "build_model", "fit", "format_metric", "gradient_agreement"]
 

@@ -21,7 +21,7 @@ import torch
 
 from snn_ostl.tasks.base import Availability, Task, TaskData, generator, shuffled
 from snn_ostl.tasks.objectives import IGNORE, Classification
-from snn_ostl.training import SeqBatch
+from snn_ostl.tasks.training import SeqBatch
 
 __all__ = ["SpeechTask"]
 

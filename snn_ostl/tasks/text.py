@@ -18,7 +18,7 @@ from torch import Tensor
 
 from snn_ostl.tasks.base import Availability, Task, TaskData, generator, shuffled
 from snn_ostl.tasks.objectives import NextToken, one_hot_steps
-from snn_ostl.training import SeqBatch
+from snn_ostl.tasks.training import SeqBatch
 
 __all__ = ["TextTask"]
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from nets import StackNet, data, mean_rates, stack_runner
 
 import snn_ostl
-from snn_ostl import per_synapse as PS
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+from snn_ostl.traces import per_synapse as PS
 
 DT = torch.float64
 TOL = 1e-10

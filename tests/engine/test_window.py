@@ -11,7 +11,7 @@ from nets import StackNet, data, mean_rates, stack_runner
 
 import snn_ostl
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
-from snn_ostl.window import contract_base
+from snn_ostl.traces.window import contract_base
 
 TOL = 1e-10
 

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from snn_ostl.adapter import ElementwiseAdapter
+from snn_ostl.cells.surrogate import spike
 from snn_ostl.derivatives import ElementwiseDerivatives
 from snn_ostl.registry import register_adapter
-from snn_ostl.surrogate import spike
 
 
 class ToyLeaky(nn.Module):

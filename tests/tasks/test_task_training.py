@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snn_ostl.cells import SNUState
+from snn_ostl.cells.snu import SNUState
 from snn_ostl.tasks import TASKS
 from snn_ostl.tasks.runner import RunSpec, build_model
-from snn_ostl.training import Method, detach_tree, parse_update, train_batch
+from snn_ostl.tasks.training import Method, detach_tree, parse_update, train_batch
 
 
 @pytest.mark.parametrize(("text", "every"), [("step", 1), ("every:4", 4), ("sequence", None)])

@@ -27,7 +27,7 @@ from snn_ostl.errors import (
     StateError,
     UnsupportedModuleError,
 )
-from snn_ostl.layer import Layer
+from snn_ostl.hooks.layer import Layer
 
 __all__ = ["ForwardHooks"]
 

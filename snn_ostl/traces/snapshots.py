@@ -1,7 +1,7 @@
 """Which eligibility snapshots a pending backward still needs, and which buffers are free.
 
 Each step hands its backward a snapshot ``e_{t-1}`` of the traces (through a
-:class:`snn_ostl.history.History`). Per-synapse traces are too large to copy, so a snapshot
+:class:`snn_ostl.hooks.history.History`). Per-synapse traces are too large to copy, so a snapshot
 shares tensors with the live traces; this book decides, per step, whether a pending advance may
 overwrite those tensors in place (nobody else needs them), must write into a spare buffer (a
 step whose backward has not run yet still does), and when a finished step's tensors become
@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor
 
-from snn_ostl import per_synapse as PS
-from snn_ostl.groups import TraceGroup
+from snn_ostl.traces import per_synapse as PS
+from snn_ostl.traces.groups import TraceGroup
 
 __all__ = ["Snapshots"]
 

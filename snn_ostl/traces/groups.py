@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from snn_ostl import traces as T
 from snn_ostl.derivatives import Partial
+from snn_ostl.traces import forms as T
 
 __all__ = ["FORMS", "TraceGroup", "as_number", "stack_partials"]
 
@@ -36,7 +36,7 @@ class TraceGroup:
         key: Name of the parameter inside the adapter's partials (``"neuron"`` role).
         fused: The synapse weight's gradient comes from the synapse's own backward.
         presynaptic: Per-synapse form: states kept as filtered inputs ``[B, I]``.
-        folded: The trace leaves out the cell's derived states (:mod:`snn_ostl.derived`).
+        folded: The trace leaves out the cell's derived states (:mod:`snn_ostl.traces.derived`).
         states: Full-Jacobian form: the state indices the trace keeps, in order.
     """
 
@@ -56,7 +56,8 @@ class TraceGroup:
     pending: Any = field(default=None, repr=False)
     #: Per-synapse form: spare trace tensors of finished steps, reused as output buffers.
     pool: list[Tensor] = field(default_factory=list, repr=False)
-    #: Per-synapse form with ``flush_every > 1``: the trace as a :class:`snn_ostl.window.Window`.
+    #: Per-synapse form with ``flush_every > 1``: the trace as a
+    #: :class:`snn_ostl.traces.window.Window`.
     window: Any = field(default=None, repr=False)
     #: A parameter of a block reached through a chain (:class:`snn_ostl.chains.traces.ChainRole`).
     chain: Any = None

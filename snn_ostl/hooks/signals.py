@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from snn_ostl.traces import SynapseOp
+from snn_ostl.traces.forms import SynapseOp
 
 __all__ = ["FeedbackSignals"]
 

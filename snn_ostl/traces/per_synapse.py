@@ -106,7 +106,7 @@ def _nonzero(p: Partial) -> bool:
 def _neuron_major(partial: Partial, batch: int, neurons: int, batch_major: bool) -> Partial:
     """A [B, N]-broadcastable partial as a contiguous [N, B, 1] tensor (numbers pass through).
 
-    With ``batch_major`` it stays a ``[B, N]`` view instead (for :mod:`snn_ostl.window`).
+    With ``batch_major`` it stays a ``[B, N]`` view instead (for :mod:`snn_ostl.traces.window`).
     """
     if not isinstance(partial, Tensor):
         return partial
@@ -171,7 +171,7 @@ def plan(
         neurons: N.
         presynaptic: States stored as filtered inputs (:func:`presynaptic_states`).
         batch_major: Keep the step's factors as ``[B, N]`` views, for a
-            :class:`snn_ostl.window.Window` (which never runs :func:`advance`).
+            :class:`snn_ostl.traces.window.Window` (which never runs :func:`advance`).
 
     Returns:
         The traces with presynaptic states at step t and per-synapse states still at t-1, and

@@ -1,8 +1,8 @@
 """The backward-time half of OSTL: the history term ``ĝ_{t-1} · e_{t-1}`` per parameter.
 
-:class:`History` is what an :func:`snn_ostl.inject.inject` node calls in the backward pass: it
+:class:`History` is what an :func:`snn_ostl.hooks.inject.inject` node calls in the backward pass: it
 holds the eligibility snapshot of the previous step and contracts it with the state gradients,
-in whichever form each parameter's trace is stored (see :mod:`snn_ostl.traces`).
+in whichever form each parameter's trace is stored (see :mod:`snn_ostl.traces.forms`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from snn_ostl import per_synapse as PS
-from snn_ostl import traces as T
 from snn_ostl.chains import traces as CT
-from snn_ostl.derived import Derived, fold_grads
 from snn_ostl.errors import StateError
-from snn_ostl.groups import TraceGroup
-from snn_ostl.window import WindowRef
+from snn_ostl.traces import forms as T
+from snn_ostl.traces import per_synapse as PS
+from snn_ostl.traces.derived import Derived, fold_grads
+from snn_ostl.traces.groups import TraceGroup
+from snn_ostl.traces.window import WindowRef
 
 __all__ = ["History", "contract"]
 

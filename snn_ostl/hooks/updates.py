@@ -1,29 +1,30 @@
 """One step of every trace form of a layer: the methods behind :meth:`Layer.after_step`.
 
-Which form a parameter gets is decided in :mod:`snn_ostl.layer` (at the layer's first step);
-the maths of each form lives in :mod:`snn_ostl.traces`, :mod:`snn_ostl.per_synapse`,
-:mod:`snn_ostl.window` and :mod:`snn_ostl.dense`. This file applies them to a layer's groups
-after each forward step. :class:`snn_ostl.layer.Layer` inherits these methods.
+Which form a parameter gets is decided in :mod:`snn_ostl.hooks.layer` (at the layer's first
+step); the maths of each form lives in :mod:`snn_ostl.traces.forms`,
+:mod:`snn_ostl.traces.per_synapse`, :mod:`snn_ostl.traces.window` and
+:mod:`snn_ostl.traces.dense`. This file applies them to a layer's groups after each forward
+step. :class:`snn_ostl.hooks.layer.Layer` inherits these methods.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from snn_ostl import dense
-from snn_ostl import per_synapse as PS
-from snn_ostl import traces as T
 from snn_ostl.adapter import DenseAdapter, ElementwiseAdapter, StepRecord
 from snn_ostl.derivatives import ElementwiseDerivatives, Factored
-from snn_ostl.derived import fold_jacobian
-from snn_ostl.groups import as_number
-from snn_ostl.window import PLACEHOLDER, Window
+from snn_ostl.traces import dense
+from snn_ostl.traces import forms as T
+from snn_ostl.traces import per_synapse as PS
+from snn_ostl.traces.derived import fold_jacobian
+from snn_ostl.traces.groups import as_number
+from snn_ostl.traces.window import PLACEHOLDER, Window
 
 __all__ = ["TraceUpdates"]
 
 
 class TraceUpdates:
-    """The trace-update methods of :class:`snn_ostl.layer.Layer` (no state of their own)."""
+    """The trace-update methods of :class:`snn_ostl.hooks.layer.Layer` (no state of their own)."""
 
     def _derivatives(self, step: StepRecord) -> ElementwiseDerivatives:
         adapter = self.adapter
@@ -40,7 +41,7 @@ class TraceUpdates:
         d = self._derivatives(step)
         like = step.prev[0]
         previous, self.derived = self.derived, d.derived
-        # synapse traces leave out derived states (exact, see snn_ostl.derived)
+        # synapse traces leave out derived states (exact, see snn_ostl.traces.derived)
         folded = fold_jacobian(d.state, d.current, d.derived, previous) if d.derived else None
         if self.fused_group is not None:
             (scale,) = d.current

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from snn_ostl.surrogate import spike
+from snn_ostl.cells.surrogate import spike
 
 __all__ = ["SNU", "SNUState", "SoftSNU", "snu_step"]
 

@@ -4,7 +4,7 @@ A layer whose own state feeds its current through weights (a recurrent SNU, snnT
 ``RLeaky``) mixes neurons, so its traces are ``[B, R*N, P]`` over the R states they keep and its
 Jacobian is a ``[B, R*N, R*N]`` matrix: the cell's elementwise partials on the diagonal blocks
 plus ``c_t ⊗ H`` for every recurrent synapse H. Synapse parameters drop the cell's derived
-states (:mod:`snn_ostl.derived`), which shrinks both by the number of states they drop.
+states (:mod:`snn_ostl.traces.derived`), which shrinks both by the number of states they drop.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from snn_ostl import traces as T
 from snn_ostl.derivatives import Partial
-from snn_ostl.derived import Derived
-from snn_ostl.groups import stack_partials
+from snn_ostl.traces import forms as T
+from snn_ostl.traces.derived import Derived
+from snn_ostl.traces.groups import stack_partials
 
 __all__ = ["add_immediate", "jacobian", "zeros"]
 

@@ -9,7 +9,7 @@ valid (the whole-sequence backward of issue #2). Three storage forms exist (SPEC
   neuron n, so only the filtered input ``x̄`` (``[B, *I]``) is stored; the gradient is the
   synapse's own weight-gradient evaluated at ``x̄`` (works for Linear and Conv alike).
 - per-synapse: ``e^k`` of shape ``[N, B, I]`` for a Linear synapse of any elementwise cell
-  (its own module, :mod:`snn_ostl.per_synapse`).
+  (its own module, :mod:`snn_ostl.traces.per_synapse`).
 - dense: ``e`` of shape [B, S*N, P] for cells whose Jacobian mixes neurons.
 
 Elementwise parameters of the cell itself (decay, threshold) keep an ``[B, *N]`` trace per state.

@@ -2,8 +2,8 @@
 
 The learner (:mod:`snn_ostl.learner`) owns one :class:`Layer` per stateful module and calls
 :meth:`Layer.before_step` / :meth:`Layer.after_step` from forward hooks. The maths lives in
-:mod:`snn_ostl.traces`; this file decides which form each parameter gets and wires the
-eligibility snapshot into the autograd graph through :func:`snn_ostl.inject.inject`.
+:mod:`snn_ostl.traces.forms`; this file decides which form each parameter gets and wires the
+eligibility snapshot into the autograd graph through :func:`snn_ostl.hooks.inject.inject`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from snn_ostl import per_synapse as PS
-from snn_ostl import traces as T
 from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
 from snn_ostl.chains.binding import ChainLayer
-from snn_ostl.derived import Derived
 from snn_ostl.errors import ConfigurationError, Problem, StateError
-from snn_ostl.groups import TraceGroup
-from snn_ostl.history import History
-from snn_ostl.inject import inject
-from snn_ostl.snapshots import Snapshots
-from snn_ostl.updates import TraceUpdates
+from snn_ostl.hooks.history import History
+from snn_ostl.hooks.inject import inject
+from snn_ostl.hooks.updates import TraceUpdates
+from snn_ostl.traces import forms as T
+from snn_ostl.traces import per_synapse as PS
+from snn_ostl.traces.derived import Derived
+from snn_ostl.traces.groups import TraceGroup
+from snn_ostl.traces.snapshots import Snapshots
 
 __all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
@@ -39,9 +39,9 @@ class Layer(TraceUpdates, ChainLayer):
         adapter: Its adapter.
         variant: ``"ostl"``, ``"ostl-no-h"`` or ``"eprop"``.
         advance_in_backward: Advance per-synapse traces in place inside the step's backward,
-            fused with the contraction (see :mod:`snn_ostl.per_synapse`).
+            fused with the contraction (see :mod:`snn_ostl.traces.per_synapse`).
         flush_every: Per-synapse weights add their history terms to ``.grad`` every this many
-            steps (see :mod:`snn_ostl.window`); 1 adds them in every step's backward.
+            steps (see :mod:`snn_ostl.traces.window`); 1 adds them in every step's backward.
     """
 
     def __init__(
@@ -272,7 +272,7 @@ class Layer(TraceUpdates, ChainLayer):
                 continue
             if g.form == "per-synapse" and g.chain is None and self.flush_every == 1:
                 # the next sequence reuses the trace's buffers unless a step still needs them
-                # (a window hands its own base back when it closes, see snn_ostl.window)
+                # (a window hands its own base back when it closes, see snn_ostl.traces.window)
                 old = g.trace if isinstance(g.trace, list) else []
                 tensors = [t for t in old if isinstance(t, Tensor) and t.dim() == 3]
                 if tensors:  # (a second reset before the first step keeps the pool)

@@ -3,9 +3,10 @@
 With ``OSTL(model, flush_every=W)`` a per-synapse weight no longer contracts and advances its
 ``[N, B, I]`` trace at every step, which costs one read and one write of the largest tensor OSTL
 keeps. The window keeps the trace of an older step, the base ``e_b``, plus the small factors of
-each later step (:class:`snn_ostl.per_synapse.PerSynapseStep`: ``e_τ = A_τ e_{τ-1} + U_τ`` with
-``A_τ`` per neuron and ``U_τ = Σ coef ⊗ vec``), and each step's backward only records its state
-gradient ``L_{τ}`` (the ``ĝ`` that step τ+1's backward contracts with ``e_τ``).
+each later step (:class:`snn_ostl.traces.per_synapse.PerSynapseStep`:
+``e_τ = A_τ e_{τ-1} + U_τ`` with ``A_τ`` per neuron and ``U_τ = Σ coef ⊗ vec``), and each step's
+backward only records its state gradient ``L_{τ}`` (the ``ĝ`` that step τ+1's backward contracts
+with ``e_τ``).
 
 A flush adds ``Σ_τ L_τ · e_τ`` to ``.grad`` without forming any ``e_τ``. With the adjoint
 ``λ_τ = L_τ + A_{τ+1}ᵀ λ_{τ+1}`` (a backward sweep over per-neuron factors, ``[N, B]``)::
@@ -34,14 +35,14 @@ from torch import Tensor, nn
 
 from snn_ostl.derivatives import Partial
 from snn_ostl.errors import StateError
-from snn_ostl.per_synapse import PerSynapseStep
+from snn_ostl.traces.per_synapse import PerSynapseStep
 
 __all__ = ["PLACEHOLDER", "Window", "WindowRef", "contract_base"]
 
 Pairs = list[tuple[Partial, Tensor]]  # (coefficient [B, N] or a number, input [B, I])
 
 #: Stands in the layer's trace list for the per-synapse traces a window keeps: the next step's
-#: plan only asks whether such a trace exists (:func:`snn_ostl.per_synapse.plan`).
+#: plan only asks whether such a trace exists (:func:`snn_ostl.traces.per_synapse.plan`).
 PLACEHOLDER = torch.empty(0)
 
 
