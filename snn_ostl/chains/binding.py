@@ -175,6 +175,8 @@ class ChainLayer:
             if self.advance_in_backward:
                 step = plan_inplace(d.state, d.current, old, tangent, current, chain.cmap)
             if step is not None:  # run in this step's backward (or before the next step)
+                if step.eager:  # small states are advanced already; the old list stays intact
+                    g.trace = [step.eager.get(k, t) for k, t in enumerate(old)]
                 g.pending = step
                 continue
             tangent.materialise(take)

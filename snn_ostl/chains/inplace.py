@@ -14,12 +14,12 @@ the next one (:meth:`ChainStep.apply`), the same bookkeeping as the per-synapse 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from snn_ostl.chains.tangents import Tangent
-from snn_ostl.chains.traces import ChannelMap
+from snn_ostl.chains.traces import ChannelMap, contract
 from snn_ostl.derivatives import Partial
 
 __all__ = ["CHUNK_BYTES", "ChainStep", "plan"]
@@ -46,6 +46,10 @@ class ChainStep:
     scale: dict[int, Partial]
     tangent: Tangent
     channels: int
+    #: Per state in :attr:`rows`, ``(J^{kj}, e^j_{t-1})`` of the small states it reads.
+    cross: dict[int, list[tuple[Partial, Tensor]]] = field(default_factory=dict)
+    #: Small states (the same for every channel, ``[1, *p, B, F]``), advanced at planning.
+    eager: dict[int, Tensor] = field(default_factory=dict)
 
     def _block(self, e: Tensor) -> Tensor:
         return e.view(self.channels, -1, *e.shape[-2:])
@@ -58,6 +62,13 @@ class ChainStep:
             block.zero_()
         elif not (isinstance(decay, (int, float)) and decay == 1):
             block.mul_(decay)
+        for p, src in self.cross.get(k, ()):
+            shared = src.view(1, -1, *src.shape[-2:])  # [1, R, B, F], every channel
+            part = _part(p, lo, hi)
+            if isinstance(part, Tensor):
+                block.addcmul_(part, shared)
+            else:
+                block.add_(shared, alpha=part)
         if scale is None or (isinstance(scale, (int, float)) and scale == 0):
             return
         x = self.tangent.rows(lo, hi, block.shape)
@@ -98,11 +109,13 @@ class ChainStep:
         self, grads: Sequence[Tensor | None], traces: list, cmap: ChannelMap, shape
     ) -> Tensor | None:
         """The history term with ``e_{t-1}``, then ``e_{t-1} -> e_t`` in place, per block."""
-        first = next(t for t in traces if t is not None)
+        first = traces[self.rows[0]]
         batch, width = first.shape[-2:]
+        small = [None if k in self.rows else g for k, g in enumerate(grads)]
+        rest = contract(small, traces, cmap, shape) if any(g is not None for g in small) else None
         rows = {}
         for k, g in enumerate(grads):
-            if g is not None and traces[k] is not None:
+            if g is not None and k in self.rows:
                 per = g.to(first.dtype).reshape(batch, self.channels, -1).permute(1, 2, 0)
                 rows[k] = per.reshape(self.channels, 1, -1)  # [O, 1, R*B]
         out = first.new_zeros(self.channels, 1, width) if rows else None
@@ -113,8 +126,9 @@ class ChainStep:
             for k in self.rows:
                 self._advance(traces[k], k, lo, hi)
         if out is None:
-            return None
-        return out.squeeze(1).reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
+            return rest
+        term = out.squeeze(1).reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
+        return term if rest is None else term + rest
 
 
 def _moved(shape, axis: int) -> tuple[int, ...]:
@@ -146,9 +160,12 @@ def plan(
 ) -> ChainStep | None:
     """The step as a :class:`ChainStep` when it can run in place later, else None.
 
-    It can when the channel map is channel-major blocks, every state's trace reads only its own
-    previous value and already has its full shape, and the tangent is a full tensor or a
-    gathered one.
+    It can when the channel map is channel-major blocks, the tangent can be read block by block,
+    and each state's trace is either *full* (``[*N, B, F]``, advanced in place later, reading
+    only its own previous value and small states) or *small* (the same for every channel,
+    ``[1, *p, B, F]``, with numbers for partials: advanced now, out of place). Norse's
+    ``LIFCell`` behind a convolution is such a case: its synaptic current is small, its
+    membrane full.
     """
     if cmap.blocks is None or cmap.dense or not tangent.deferrable:
         return None
@@ -157,32 +174,57 @@ def plan(
         tangent.base = base.contiguous()  # small: the same for every channel
     channels = cmap.channels
     full = (*like.shape[1:], like.shape[0])
-    rows, decay, scale = [], {}, {}
-    for k, row in enumerate(jac):
-        if any(p is not None and j != k and not _zero(p) for j, p in enumerate(row)):
+    kinds: dict[int, str] = {}
+    for k, t in enumerate(old):
+        if t is None:
+            if not _zero(current[k]) or any(not _zero(p) for p in jac[k]):
+                return None  # the first step: nothing to defer
+            continue
+        if tuple(t.shape[:-1]) == full:
+            kinds[k] = "full"
+        elif t.shape[0] == 1 and tuple(t.shape[1:-1]) == full[1:]:
+            kinds[k] = "small"
+        else:
             return None
-        c = current[k]
-        if old[k] is None or tuple(old[k].shape[:-1]) != full:
-            if _zero(c) and old[k] is None:
-                continue
-            return None
-        rows.append(k)
-        decay[k] = _blocked(row[k], like, channels)
+    rows = [k for k, kind in kinds.items() if kind == "full"]
+    if not rows:
+        return None
+    step = ChainStep(rows, {}, {}, tangent, channels)
+    for k, kind in kinds.items():
+        row, c = jac[k], current[k]
+        reads = [j for j, p in enumerate(row) if not _zero(p) and old[j] is not None]
+        if kind == "small":
+            numbers = all(isinstance(row[j], (int, float)) for j in reads)
+            shared = tangent.coef is None and (
+                not isinstance(tangent.base, Tensor) or tangent.base.shape[0] == 1
+            )
+            if not numbers or any(kinds[j] != "small" for j in reads):
+                return None
+            if not _zero(c) and not (isinstance(c, (int, float)) and shared):
+                return None
+            acc = None
+            for j in reads:
+                acc = old[j] * row[j] if acc is None else acc.add(old[j], alpha=row[j])
+            if not _zero(c):
+                term = tangent.base * c
+                acc = term if acc is None else acc + term
+            step.eager[k] = acc.expand_as(old[k]).contiguous()
+            continue
+        if any(j != k and kinds.get(j) != "small" for j in reads):
+            return None  # a full state reading another full state: not in place
+        step.decay[k] = _blocked(row[k], like, channels) if k in reads else 0
+        step.cross[k] = [(_blocked(row[j], like, channels), old[j]) for j in reads if j != k]
         coef = None if tangent.coef is None else _blocked_major(tangent.coef, channels)
         c_blocked = _blocked(c, like, channels)
         if _zero(c):
-            scale[k] = None
+            step.scale[k] = None
         elif coef is None:
-            scale[k] = c_blocked
+            step.scale[k] = c_blocked
+        elif isinstance(c_blocked, (int, float)) and c_blocked == 1:
+            step.scale[k] = coef
         else:
-            scale[k] = (
-                coef
-                if isinstance(c_blocked, (int, float)) and c_blocked == 1
-                else (coef * c_blocked)
-            )
-    if not rows:
-        return None
-    return ChainStep(rows, decay, scale, tangent, channels)
+            step.scale[k] = coef * c_blocked
+    return step
 
 
 def _blocked_major(coef: Tensor, channels: int) -> Tensor:

@@ -50,7 +50,8 @@ class Snapshots:
     def in_use(self, tensors: Sequence[Tensor], exclude: Any = None) -> bool:
         """Whether a step that may still run its backward holds one of ``tensors``."""
         ids = {id(t) for t in tensors}
-        for ref, (snapshot, _size) in self._live.items():
+        # a copy: a collection during the loop may release a step (and shrink the dict)
+        for ref, (snapshot, _size) in list(self._live.items()):
             history = ref()
             if history is None or history is exclude or history.consumed:
                 continue

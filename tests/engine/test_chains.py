@@ -45,6 +45,10 @@ def _cell(kind: str) -> nn.Module:
         return ToyLeaky(beta=0.8, threshold=0.4, reset="zero")
     if kind == "synaptic":
         return ToySynaptic(threshold=0.3)
+    if kind == "norse-lif":  # a current that factorises beside a membrane that does not
+        import norse.torch as norse
+
+        return norse.LIFCell()
     raise ValueError(kind)
 
 
@@ -217,7 +221,7 @@ def _tuned(setting: str, cell: str) -> ChainNet:
     torch.manual_seed(3)
     net = ChainNet(setting, cell)
     with torch.no_grad():
-        net.syn.weight.mul_(2.0 * GAINS.get(setting, 1.0))
+        net.syn.weight.mul_(2.0 * GAINS.get(setting, 1.0) * (15.0 if cell == "norse-lif" else 1.0))
         net.fc.weight.mul_(3.0)
         if setting == "conv-avgpool":
             net.syn.bias.fill_(1.0)
@@ -229,8 +233,14 @@ def _tuned(setting: str, cell: str) -> ChainNet:
     return net
 
 
-@pytest.mark.parametrize("cell", ["leaky", "zero-reset", "synaptic"])
-@pytest.mark.parametrize("setting", list(SETTINGS))
+CELLS = ["leaky", "zero-reset", "synaptic"]
+NORSE = ["conv-maxpool", "conv-scale", "conv-dropout-maxpool", "linear-dropout", "embedding"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "cell"),
+    [(s, c) for s in SETTINGS for c in CELLS] + [(s, "norse-lif") for s in NORSE],
+)
 def test_chain_equals_oracle(setting, cell):
     net = _tuned(setting, cell)
     x, target = _data(setting)
@@ -290,8 +300,10 @@ def test_chain_variants_equal_their_oracle(setting, variant):
     assert max(compare(grads, reference).values()) <= TOL
 
 
-@pytest.mark.parametrize("cell", ["synaptic", "zero-reset"])
-@pytest.mark.parametrize("setting", ["conv-maxpool", "conv-batchnorm-train", "linear-layernorm"])
+@pytest.mark.parametrize("cell", ["synaptic", "zero-reset", "norse-lif"])
+@pytest.mark.parametrize(
+    "setting", ["conv-maxpool", "conv-scale", "conv-batchnorm-train", "linear-layernorm"]
+)
 def test_whole_sequence_backward_equals_per_step(setting, cell):
     """Per step, a single-state trace advances inside the backward; with one backward at the
     end every step's advance runs before the next step, out of place while snapshots wait."""
