@@ -164,6 +164,18 @@ class OSTL(ForwardHooks):
                             "the cell from an external Linear.",
                         )
                     )
+            for path, module in plan.synapses.items():
+                if type(module) not in (nn.Linear, nn.Conv1d, nn.Conv2d):
+                    plan.problems.append(
+                        Problem(
+                            path,
+                            type(module).__name__,
+                            "learning_signal='random' sends the error through a fixed random "
+                            "matrix shaped like a Linear's or a Conv1d/Conv2d's weight; there "
+                            "is none for this synapse type.",
+                            "use learning_signal='backprop' or 'direct' for this model.",
+                        )
+                    )
         if plan.problems and strict:
             raise UnsupportedModuleError(plan.problems, supported_names())
         self.model = model

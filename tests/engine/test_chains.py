@@ -432,3 +432,9 @@ def test_one_synapse_feeding_two_layers_is_refused():
         learner.reset()
         with pytest.raises(snn_ostl.StateError, match="syn feeds both a and b"):
             net(torch.rand(2, 3, dtype=DT))
+
+
+def test_random_feedback_through_an_embedding_is_refused_up_front():
+    net = ChainNet("embedding", "leaky")
+    with pytest.raises(snn_ostl.UnsupportedModuleError, match=r"syn \(Embedding\).*random"):
+        snn_ostl.OSTL(net, learning_signal="random")
