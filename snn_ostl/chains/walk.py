@@ -154,7 +154,14 @@ def walk(
         for child, _ in node.next_functions:
             visit(child, (*above, node))
 
-    visit(current.grad_fn, ())
+    try:
+        visit(current.grad_fn, ())
+    finally:
+        # ``visit`` refers to itself: without this the closure, and with it every node it saw
+        # (and the step's graph and history node), would wait for the cycle collector
+        visit = None  # noqa: F841
+        seen.clear()
+        found.clear()
     if not block.tree:
         for use in block.synapses:
             use.nodes = None

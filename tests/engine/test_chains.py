@@ -438,3 +438,25 @@ def test_random_feedback_through_an_embedding_is_refused_up_front():
     net = ChainNet("embedding", "leaky")
     with pytest.raises(snn_ostl.UnsupportedModuleError, match=r"syn \(Embedding\).*random"):
         snn_ostl.OSTL(net, learning_signal="random")
+
+
+@pytest.mark.parametrize("cell", ["zero-reset", "synaptic"])
+def test_snapshots_are_released_without_the_cycle_collector(cell):
+    """A step's snapshot goes when its graph goes, by reference counting alone: memory would
+    otherwise grow until Python's cycle collector happens to run (a TraceBudgetError)."""
+    import gc
+
+    net = _tuned("conv-maxpool", cell)
+    x, target = _data("conv-maxpool")
+    pending = []
+    gc.disable()
+    try:
+        with snn_ostl.OSTL(net) as learner:
+            learner.reset()
+            for loss in _runner(net, x, target, [])():
+                loss.backward()
+                pending.append(learner.pending_bytes)
+    finally:
+        gc.enable()
+    assert pending[1] > 0
+    assert max(pending[1:]) == pending[1], pending
