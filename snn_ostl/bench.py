@@ -7,18 +7,27 @@ then runs once more in a fresh child process of its own, so that its peak reside
 (``ru_maxrss``, what the operating system saw) belongs to it alone. The networks are in
 :mod:`snn_ostl.bench_nets`.
 
-``--check`` runs a small configuration and fails when the ratios regress past generous
-bounds: a regression check on ratios, never on absolute times. Per-synapse networks are also
-timed with ``OSTL(flush_every=W)`` (``--flush-every``, comma-separated, 16 by default: a window
-that is full by T = 20, so that the memory column compares full windows), where their history
-terms reach ``.grad`` every W steps and before each optimizer step (:mod:`snn_ostl.window`).
-A floor row (``--no-floor`` leaves it out) times the same loop without a learner, the state
-detached between steps: what a per-step backward costs by itself, whatever computes it.
+Each network has its own sequence lengths and batch (:mod:`snn_ostl.bench_nets`: T = 20, 200,
+2000 at batch 128 for the MLPs, T = 25, 100 for the conv nets at batch 128 and 16); ``--steps``
+and ``--batch`` set them for every network, ``--sizes`` sets the MLPs' layers (the conv nets keep
+their 28 x 28 architectures).
+
+``--check`` runs a small configuration (the conv nets at a tiny size only) and fails when a cell
+fails or the ratios regress past generous bounds: a regression check on ratios, never on
+absolute times.
+
+Per-synapse networks are also timed with ``OSTL(flush_every=W)`` (``--flush-every``,
+comma-separated, 16 by default: a window that is full by T = 20, so that the memory column
+compares full windows), where their history terms reach ``.grad`` every W steps and before each
+optimizer step (:mod:`snn_ostl.window`). A floor row (``--no-floor`` leaves it out) times the
+same loop without a learner, the state detached between steps: what a per-step backward costs by
+itself, whatever computes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -26,7 +35,18 @@ import subprocess
 import sys
 import time
 
-from snn_ostl.bench_nets import NETWORKS, PER_SYNAPSE, build
+from snn_ostl.bench_nets import (
+    CONV,
+    CONV_SIZES,
+    DEFAULT_BATCH,
+    DEFAULT_STEPS,
+    NETWORKS,
+    PER_SYNAPSE,
+    TINY_CONV_SIZES,
+    build,
+    describe,
+    input_shape,
+)
 from snn_ostl.bench_table import FLOOR, Cell, check, render, targets
 
 __all__ = ["FRAMES", "main", "measure", "measure_times"]
@@ -47,7 +67,8 @@ def _loop(network: str, method: str, steps: int, batch: int, device: str, sizes)
     model, step, reset, detach = build(network, tuple(sizes))
     model.to(device)
     gen = torch.Generator().manual_seed(1)  # every method sees the same frames and targets
-    rate = torch.full((FRAMES, batch, sizes[0]), 0.2, device=gen.device)
+    shape = (FRAMES, batch, *input_shape(network, tuple(sizes)))
+    rate = torch.full(shape, 0.2, device=gen.device)
     frames = torch.bernoulli(rate, generator=gen).to(device)
     targets = torch.randint(0, sizes[-1], (steps, batch), generator=gen, device=gen.device)
     targets = targets.to(device)
@@ -127,6 +148,7 @@ def measure(
     elapsed = float("inf")
     for _ in range(repeats):
         model.zero_grad(set_to_none=True)
+        gc.collect()  # each run starts from a collected heap (as timeit's runs do)
         elapsed = min(elapsed, run(steps))
     if learner is not None:
         learner.detach()
@@ -156,6 +178,7 @@ def measure_times(
     for _ in range(repeats):
         for method, (run, model, _) in loops.items():
             model.zero_grad(set_to_none=True)
+            gc.collect()  # not the previous method's garbage: each run starts collected
             best[method] = min(best[method], run(steps))
     for _, _, learner in loops.values():
         if learner is not None:
@@ -171,7 +194,9 @@ def _child(args: list[str], timeout: float) -> tuple[dict | None, str]:
     except subprocess.TimeoutExpired:
         return None, f"skipped: over {timeout:.0f}s"
     if out.returncode != 0:
-        reason = "out of memory" if out.returncode in (-9, 137) else out.stderr.strip()[-200:]
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        # the exception's own line: the table keeps one line per cell
+        reason = "out of memory" if out.returncode in (-9, 137) else lines[-1][:200]
         return None, f"failed: {reason}"
     return json.loads(out.stdout.strip().splitlines()[-1]), ""
 
@@ -195,11 +220,18 @@ def _measure_network(network, methods, steps, batch, device, sizes, rounds, time
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="snn-ostl bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--networks", default=",".join(NETWORKS),
-                   help=f"comma-separated, from: {', '.join(NETWORKS)}")  # fmt: skip
-    p.add_argument("--steps", default="20,200,2000", help="sequence lengths T, comma-separated")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--sizes", default="784,256,256,10", help="layer sizes")
+    p.add_argument("--networks", default=None,
+                   help=f"comma-separated, from: {', '.join(NETWORKS)} (default: all)")  # fmt: skip
+    p.add_argument("--steps", default=None,
+                   help="sequence lengths T, comma-separated, for every network (default: "
+                        "each network's own: 20,200,2000 for the MLPs, 25,100 for the conv "
+                        "nets)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size for every network (default: each network's own: 128, "
+                        "16 for norse-convnet)")  # fmt: skip
+    p.add_argument("--sizes", default="784,256,256,10",
+                   help="layer sizes of the MLP networks; the conv networks ignore it (28x28 "
+                        "input, their frameworks' layers)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=900,
                    help="seconds per method and T before skipping")  # fmt: skip
@@ -223,6 +255,44 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+#: ``bench --check``: the networks it runs unless ``--networks`` says otherwise, T, and each
+#: network's batch and sizes. The conv nets run at :data:`TINY_CONV_SIZES`, never at full size;
+#: the tiny CSNN adds about 13 s to the check, Norse's ConvNet4 would add 24 s more (it runs with
+#: ``--check --networks norse-convnet``).
+CHECK_NETWORKS = ("snntorch-leaky", "norse-lif", "native-snu", "snntorch-csnn")
+CHECK_STEPS = (10, 100)
+CHECK_BATCH = {"snntorch-leaky": 32, "norse-lif": 32, "native-snu": 32, "snntorch-csnn": 8,
+               "norse-convnet": 8}  # fmt: skip
+CHECK_SIZES = (196, 64, 64, 10)
+
+
+def _configs(args, networks: list[str]) -> dict[str, tuple[list[int], int, list[int]]]:
+    """Each network's T list, batch and sizes, from its defaults and the options."""
+    out = {}
+    for n in networks:
+        if args.check:
+            sizes = TINY_CONV_SIZES[n] if n in CONV else CHECK_SIZES
+            out[n] = (list(CHECK_STEPS), CHECK_BATCH[n], list(sizes))
+            continue
+        steps = [int(s) for s in args.steps.split(",")] if args.steps else DEFAULT_STEPS[n]
+        sizes = CONV_SIZES[n] if n in CONV else [int(s) for s in args.sizes.split(",")]
+        out[n] = (list(steps), args.batch or DEFAULT_BATCH[n], list(sizes))
+    return out
+
+
+def _header(configs, device: str, cpu: str) -> str:
+    """One line when every network runs at the same batch and sizes, else one per network."""
+    where = f"device {device}, {os.cpu_count()} cores, {cpu}"
+    shapes = {(n in CONV, b, tuple(z)) for n, (_, b, z) in configs.items()}
+    if len(shapes) == 1:
+        n, (_, batch, sizes) = next(iter(configs.items()))
+        return f"snn-ostl bench: batch {batch}, {describe(n, tuple(sizes))}, {where}"
+    lines = [f"snn-ostl bench: {where}"]
+    for n, (_, batch, sizes) in configs.items():
+        lines.append(f"  {n}: batch {batch}, {describe(n, tuple(sizes))}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``snn-ostl bench``."""
     args = _parse(argv)
@@ -235,17 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(network, methods, *shape)
         print(json.dumps(result))
         return 0
-    networks = [n for n in args.networks.split(",") if n]
+    if args.networks is None:
+        networks = list(CHECK_NETWORKS if args.check else NETWORKS)
+    else:
+        networks = [n for n in args.networks.split(",") if n]
     for n in networks:
         if n not in NETWORKS:
             print(f"snn-ostl bench: --networks: unknown {n!r}; choose from {', '.join(NETWORKS)}")
             return 2
-    steps_list = [int(s) for s in args.steps.split(",")]
     flush_every = [int(w) for w in args.flush_every.split(",") if w]
-    sizes = [int(s) for s in args.sizes.split(",")]
-    batch = args.batch
-    if args.check:
-        steps_list, batch, sizes = [10, 100], 32, [196, 64, 64, 10]
+    configs = _configs(args, networks)
     from tqdm import tqdm
 
     def methods(network: str) -> tuple[str, ...]:
@@ -255,11 +324,12 @@ def main(argv: list[str] | None = None) -> int:
             out += tuple(f"ostl/{w}" for w in flush_every if w > 1)
         return out if args.check or not args.floor else (*out, FLOOR)
 
-    jobs = [(n, t) for n in networks for t in steps_list]
+    jobs = [(n, t) for n in networks for t in configs[n][0]]
     cells: list[Cell] = []
     progress = tqdm(total=sum(1 + len(methods(n)) for n, _ in jobs), desc="bench",
                     unit="process", file=sys.stderr)  # fmt: skip
     for network, steps in jobs:
+        _, batch, sizes = configs[network]
         wanted = list(methods(network))
         if steps > args.bptt_max_steps:
             wanted.remove("bptt")
@@ -278,19 +348,16 @@ def main(argv: list[str] | None = None) -> int:
 
         # the memory column is then the GPU's peak allocation, not the process's RSS
         device += f" ({torch.cuda.get_device_name(device)}, peak MiB = max_memory_allocated)"
-    head = (
-        f"snn-ostl bench: batch {batch}, sizes {'-'.join(map(str, sizes))}, device "
-        f"{device}, {os.cpu_count()} cores, {cpu}"
-    )
+    head = _header(configs, device, cpu)
     summary = "" if args.check else targets(cells)
     print(head)
     print(table)
     if summary:
-        print("\ntargets (SPEC §6):\n" + summary)
+        print("\ntargets:\n" + summary)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench.txt"), "w") as f:
-            f.write(head + "\n" + table + "\n" + (f"\n{summary}\n" if summary else ""))
+            f.write(head + "\n" + table + "\n" + (f"\ntargets:\n{summary}\n" if summary else ""))
         with open(os.path.join(args.out, "bench.json"), "w") as f:
             json.dump([c.__dict__ for c in cells], f, indent=1)
     if args.check:

@@ -96,21 +96,34 @@ def render(cells: list[Cell]) -> str:
     return "\n".join(lines)
 
 
-#: SPEC §6: OSTL/BPTT time per step for each network's trace form, and memory growth over T.
-TIME_TARGETS = {"snntorch-leaky": 1.0, "norse-lif": 3.0, "native-snu": 3.0}
+#: The targets: OSTL/BPTT time per step for each network's trace form, and OSTL's peak memory
+#: at the largest T over its peak at the smallest.
+TIME_TARGETS = {
+    "snntorch-leaky": 1.0,
+    "norse-lif": 3.0,
+    "native-snu": 3.0,
+    "snntorch-csnn": 2.0,
+    "norse-convnet": 3.0,
+}
 MEMORY_TARGET = 1.1
+
+
+def _missed(steps: int, ratio: float, limit: float) -> str:
+    """A missed time target with by how much: ``T=25 (7.60x, 3.80 times the limit)``."""
+    return f"T={steps} ({ratio:.2f}x, {ratio / limit:.2f} times the limit)"
 
 
 def _verdict(met: list[str], missed: list[str]) -> str:
     if not missed:
         return f"met at {', '.join(met)}"
     if not met:
-        return f"not met ({', '.join(missed)})"
+        return f"not met at {', '.join(missed)}"
     return f"met at {', '.join(met)}, not at {', '.join(missed)}"
 
 
 def targets(cells: list[Cell]) -> str:
-    """One line per network and OSTL method: which of SPEC §6's targets the cells meet."""
+    """One line per network and OSTL method: which targets the cells meet, and by how much
+    each missed one is missed (the ratio, and that ratio over the limit)."""
     by = {(c.network, c.method, c.steps): c for c in cells}
     lines = []
     for network in dict.fromkeys(c.network for c in cells):
@@ -121,8 +134,11 @@ def targets(cells: list[Cell]) -> str:
             for steps in steps_list:
                 b, o = by.get((network, "bptt", steps)), by.get((network, method, steps))
                 if b and o and b.ms_per_step and o.ms_per_step and network in TIME_TARGETS:
-                    ok = o.ms_per_step / b.ms_per_step <= TIME_TARGETS[network]
-                    (met if ok else missed).append(f"T={steps}")
+                    ratio, limit = o.ms_per_step / b.ms_per_step, TIME_TARGETS[network]
+                    if ratio <= limit:
+                        met.append(f"T={steps}")
+                    else:
+                        missed.append(_missed(steps, ratio, limit))
             parts = []
             if network in TIME_TARGETS and (met or missed):
                 limit = TIME_TARGETS[network]
@@ -131,10 +147,13 @@ def targets(cells: list[Cell]) -> str:
             last = by.get((network, method, steps_list[-1]))
             if len(steps_list) > 1 and first and last and first.peak_mib and last.peak_mib:
                 growth = last.peak_mib / first.peak_mib
-                verdict = "met" if growth <= MEMORY_TARGET else "not met"
+                verdict = (
+                    f"met ({growth:.3f})"
+                    if growth <= MEMORY_TARGET
+                    else f"not met ({growth:.3f}, {growth / MEMORY_TARGET:.2f} times the limit)"
+                )
                 parts.append(
-                    f"memory at T={steps_list[-1]} <= {MEMORY_TARGET}x T={steps_list[0]} "
-                    f"{verdict} ({growth:.3f})"
+                    f"memory at T={steps_list[-1]} <= {MEMORY_TARGET}x T={steps_list[0]} {verdict}"
                 )
             if parts:
                 name = network if len(variants) == 1 else f"{network} ({_label(method)[5:]})"
@@ -145,12 +164,26 @@ def targets(cells: list[Cell]) -> str:
 # OSTL/BPTT time ratios at the check's small size, where fixed per-step costs dominate. Runs on
 # the 2-core machine differed by up to 2x (Leaky worst seen: 3.0; Norse and SNU since the fused
 # per-synapse advance: 2.7-4.1 and 2.8-3.2, with another job on one core). The bounds sit well
-# above the worst seen: they catch a change of trace form or an O(T) cost, not noise.
-CHECK_BOUNDS = {"snntorch-leaky": 6.0, "norse-lif": 7.0, "native-snu": 8.0}
+# above the worst seen: they catch a change of trace form or an O(T) cost, not noise. The conv
+# nets run at their tiny sizes (bench_nets.TINY_CONV_SIZES), where the learner's Python per step
+# outweighs the arithmetic: CSNN 2.9-3.1 on a quiet machine, 4.7 with other jobs on both cores;
+# Norse's ConvNet4 (only with --networks: it adds 24 s) 3.2-3.8, 5.1 with other jobs.
+CHECK_BOUNDS = {
+    "snntorch-leaky": 6.0,
+    "norse-lif": 7.0,
+    "native-snu": 8.0,
+    "snntorch-csnn": 10.0,
+    "norse-convnet": 10.0,
+}
 
 
 def check(cells: list[Cell]) -> int:
-    failures = []
+    """Exit status of ``bench --check``: 1 when a cell failed or a ratio or growth regressed."""
+    failures = [
+        f"{c.network} ({_label(c.method)}, T={c.steps}): {c.note}"
+        for c in cells
+        if c.note.startswith(("failed", "skipped: over"))  # a time or a peak is missing
+    ]
     by = {(c.network, c.method, c.steps): c for c in cells}
     for network, bound in CHECK_BOUNDS.items():
         for method in _variants(cells, network, floor=False):
@@ -162,12 +195,16 @@ def check(cells: list[Cell]) -> int:
             ratio = o.ms_per_step / b.ms_per_step
             if ratio > bound:
                 failures.append(f"{name}: OSTL/BPTT time ratio {ratio:.2f} > {bound}")
-            growth = o.peak_mib / short.peak_mib
-            if growth > 1.1:
-                failures.append(f"{name}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
-            slowdown = o.ms_per_step / short.ms_per_step
-            if slowdown > 2.5:
-                failures.append(f"{name}: OSTL time per step grew {slowdown:.2f}x from T=10 to 100")
+            if o.peak_mib and short.peak_mib:
+                growth = o.peak_mib / short.peak_mib
+                if growth > 1.1:
+                    failures.append(f"{name}: OSTL memory grew {growth:.2f}x from T=10 to T=100")
+            if short.ms_per_step:
+                slowdown = o.ms_per_step / short.ms_per_step
+                if slowdown > 2.5:
+                    failures.append(
+                        f"{name}: OSTL time per step grew {slowdown:.2f}x from T=10 to 100"
+                    )
     for f in failures:
         print("bench check FAILED:", f)
     if not failures:

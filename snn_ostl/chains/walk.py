@@ -159,7 +159,7 @@ def walk(
     finally:
         # ``visit`` refers to itself: without this the closure, and with it every node it saw
         # (and the step's graph and history node), would wait for the cycle collector
-        visit = None  # noqa: F841
+        visit = None
         seen.clear()
         found.clear()
     if not block.tree:
