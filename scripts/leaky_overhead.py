@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import snn_ostl
-from snn_ostl.bench_nets import build
+from snn_ostl.bench.nets import build
 
 SIZES = (784, 256, 256, 10)
 BATCH = 128

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from snn_ostl import bench
-from snn_ostl.bench import NETWORKS, measure, measure_times
-from snn_ostl.bench_nets import CONV, CONV_SIZES, TINY_CONV_SIZES, build, describe
+from snn_ostl.bench import run as bench
+from snn_ostl.bench.nets import CONV, CONV_SIZES, TINY_CONV_SIZES, build, describe
+from snn_ostl.bench.run import NETWORKS, measure, measure_times
 
 METHODS = ["bptt", "ostl", "ostl/2", "detached"]
 # on the device the suite runs on (pytest --device): the bench's CUDA paths under `--device cuda`

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from snn_ostl.bench_table import Cell, check, render, targets
+from snn_ostl.bench.table import Cell, check, render, targets
 
 
 def _cells(ostl_ms, bptt_ms, mib=(100.0, 101.0), network="norse-lif", steps=(20, 2000)):

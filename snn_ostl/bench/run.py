@@ -5,9 +5,9 @@ each on its own copy of the network, alternating the runs so that a slow spell o
 machine hits all methods alike; the table prints their ratios. Each (network, method, T) cell
 then runs once more in a fresh child process of its own, so that its peak resident memory
 (``ru_maxrss``, what the operating system saw) belongs to it alone. The networks are in
-:mod:`snn_ostl.bench_nets`.
+:mod:`snn_ostl.bench.nets`.
 
-Each network has its own sequence lengths and batch (:mod:`snn_ostl.bench_nets`: T = 20, 200,
+Each network has its own sequence lengths and batch (:mod:`snn_ostl.bench.nets`: T = 20, 200,
 2000 at batch 128 for the MLPs, T = 25, 100 for the conv nets at batch 128 and 16); ``--steps``
 and ``--batch`` set them for every network, ``--sizes`` sets the MLPs' layers (the conv nets keep
 their 28 x 28 architectures).
@@ -19,7 +19,7 @@ absolute times.
 Per-synapse networks are also timed with ``OSTL(flush_every=W)`` (``--flush-every``,
 comma-separated, 16 by default: a window that is full by T = 20, so that the memory column
 compares full windows), where their history terms reach ``.grad`` every W steps and before each
-optimizer step (:mod:`snn_ostl.window`). A floor row (``--no-floor`` leaves it out) times the
+optimizer step (:mod:`snn_ostl.traces.window`). A floor row (``--no-floor`` leaves it out) times the
 same loop without a learner, the state detached between steps: what a per-step backward costs by
 itself, whatever computes it.
 """
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from snn_ostl.bench_nets import (
+from snn_ostl.bench.nets import (
     CONV,
     CONV_SIZES,
     DEFAULT_BATCH,
@@ -47,7 +47,7 @@ from snn_ostl.bench_nets import (
     describe,
     input_shape,
 )
-from snn_ostl.bench_table import FLOOR, Cell, check, render, targets
+from snn_ostl.bench.table import FLOOR, Cell, check, render, targets
 
 __all__ = ["FRAMES", "main", "measure", "measure_times"]
 
