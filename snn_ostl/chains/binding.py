@@ -175,6 +175,7 @@ class ChainLayer:
             if self.advance_in_backward:
                 step = plan_inplace(d.state, d.current, old, tangent, current, chain.cmap)
             if step is not None:  # run in this step's backward (or before the next step)
+                step.scratch = self.__dict__.setdefault("_scratch", {}).setdefault(g.name, [])
                 if step.eager:  # small states are advanced already; the old list stays intact
                     g.trace = [step.eager.get(k, t) for k, t in enumerate(old)]
                 g.pending = step

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from snn_ostl.chains.tangents import Tangent
@@ -50,6 +51,8 @@ class ChainStep:
     cross: dict[int, list[tuple[Partial, Tensor]]] = field(default_factory=dict)
     #: Small states (the same for every channel, ``[1, *p, B, F]``), advanced at planning.
     eager: dict[int, Tensor] = field(default_factory=dict)
+    #: Room for one block of a gathered tangent (reused from block to block and step to step).
+    scratch: list[Tensor] = field(default_factory=list)
 
     def _block(self, e: Tensor) -> Tensor:
         return e.view(self.channels, -1, *e.shape[-2:])
@@ -58,6 +61,12 @@ class ChainStep:
         """Advance channels ``[lo, hi)`` of state k's trace (viewed ``[O, R, B, F]``) in place."""
         block = self._block(e)[lo:hi]
         decay, scale = _part(self.decay[k], lo, hi), _part(self.scale[k], lo, hi)
+        plain = isinstance(decay, (int, float)) and isinstance(scale, (int, float)) and scale == 1
+        if plain and not self.cross.get(k) and self.tangent.source is not None:
+            # snnTorch Leaky behind a max-pooling: e = X + J e in one pass over the block
+            x = self.tangent.rows(lo, hi, block.shape, self.scratch)
+            torch.add(x, block, alpha=decay, out=block)
+            return
         if decay is None or (isinstance(decay, (int, float)) and decay == 0):
             block.zero_()
         elif not (isinstance(decay, (int, float)) and decay == 1):
@@ -71,7 +80,7 @@ class ChainStep:
                 block.add_(shared, alpha=part)
         if scale is None or (isinstance(scale, (int, float)) and scale == 0):
             return
-        x = self.tangent.rows(lo, hi, block.shape)
+        x = self.tangent.rows(lo, hi, block.shape, self.scratch)
         if not isinstance(x, Tensor):  # a bias: its tangent is a number
             block.add_(scale * x)
         elif isinstance(scale, Tensor):

@@ -126,12 +126,25 @@ class Tangent:
             return True
         return self.base.shape[0] == 1 or self.base.is_contiguous()
 
-    def rows(self, lo: int, hi: int, block: torch.Size) -> Tensor | float:
-        """``X`` for channels ``[lo, hi)`` of a trace viewed as ``[O, R, B, F]``."""
+    def rows(
+        self, lo: int, hi: int, block: torch.Size, scratch: list[Tensor] | None = None
+    ) -> Tensor | float:
+        """``X`` for channels ``[lo, hi)`` of a trace viewed as ``[O, R, B, F]``.
+
+        ``scratch`` (a list holding at most one tensor) lends the memory of a gathered block, so
+        that no block allocates (fresh memory costs page faults at every step).
+        """
         if self.source is not None:
             per = block[1] * block[2]  # rows per channel: R neurons x B samples
             index = self.order[lo * per : hi * per]
-            return self.source.index_select(0, index).view(hi - lo, *block[1:])
+            width = self.source.shape[-1]
+            if scratch is None:
+                return self.source.index_select(0, index).view(hi - lo, *block[1:])
+            if not scratch or scratch[0].numel() < index.numel() * width:
+                scratch[:] = [self.source.new_empty(index.numel() * width)]
+            out = scratch[0][: index.numel() * width].view(-1, width)
+            torch.index_select(self.source, 0, index, out=out)
+            return out.view(hi - lo, *block[1:])
         base = self.base
         if not isinstance(base, Tensor):
             return base
@@ -163,11 +176,26 @@ def synapse_rows(module: nn.Module, x: Tensor, dtype: torch.dtype) -> Tensor:
     if isinstance(module, nn.Embedding):
         return F.one_hot(x, module.num_embeddings).to(dtype)
     weight = module.weight
+    padding = module.padding
+    if getattr(module, "padding_mode", "zeros") != "zeros":  # reflect, replicate, circular
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        padding = 0 if kind in _CONV else padding
+    if kind is nn.Conv2d and module.groups == 1 and not isinstance(padding, str):
+        padding = (padding, padding) if isinstance(padding, int) else padding
+        # im2col: a copy, cheaper than a convolution with one-hot filters
+        patches = F.unfold(x.to(dtype), weight.shape[2:], module.dilation, padding, module.stride)
+        out = [
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(
+                x.shape[-2:], padding, module.dilation, weight.shape[2:], module.stride
+            )
+        ]
+        return patches.view(*patches.shape[:2], *out).movedim(1, -1)
     if kind in _CONV:
         fan = weight[0].numel()
         eye = torch.eye(fan, dtype=dtype, device=x.device).reshape(fan, *weight.shape[1:])
         conv = _CONV[kind]
-        patches = conv(x.to(dtype), eye, None, module.stride, module.padding, module.dilation)
+        patches = conv(x.to(dtype), eye, None, module.stride, padding, module.dilation)
     else:
         fan = weight.shape[0] * weight[0, 0].numel()
         eye = torch.eye(fan, dtype=dtype, device=x.device)

@@ -103,6 +103,10 @@ class Layer(TraceUpdates, ChainLayer):
             self.adapter, ElementwiseAdapter
         ):
             return False
+        if synapse.padding_mode != "zeros":
+            # the module pads before its convolution: the fused and presynaptic forms, which
+            # redo or intercept the convolution of x, would miss the padding
+            return False
         return self.adapter.factorised(self.module, self.variant) and not self.recurrent
 
     def bind(self, synapse_path: str | None, synapse: nn.Module | None) -> None:

@@ -114,6 +114,14 @@ SETTINGS = {
         (2, 8, 8),
         27,
     ),
+    "conv-reflect-strided": (
+        lambda: nn.Conv2d(
+            2, 3, 3, stride=2, padding=1, dilation=2, padding_mode="reflect", dtype=DT
+        ),
+        lambda: nn.Identity(),
+        (2, 9, 9),
+        3 * 4 * 4,
+    ),
     "conv1d-maxpool": (
         lambda: nn.Conv1d(2, 4, 3, dtype=DT),
         lambda: nn.MaxPool1d(2),
@@ -207,6 +215,7 @@ def _runner(net, x, target, rates):
 #: Weight gains that make the lower layer spike at a useful rate in every setting.
 GAINS = {
     "conv-avgpool": 5.0,
+    "conv-reflect-strided": 3.0,
     "conv-scale": 4.0,
     "conv-batchnorm-train": 0.3,
     "conv-batchnorm-eval": 3.0,
