@@ -199,7 +199,7 @@ def plan(
     if not rows:
         return None
     step = ChainStep(rows, {}, {}, tangent, channels)
-    for k, kind in kinds.items():
+    for k, kind in sorted(kinds.items(), key=lambda item: item[1] == "full"):  # small first
         row, c = jac[k], current[k]
         reads = [j for j, p in enumerate(row) if not _zero(p) and old[j] is not None]
         if kind == "small":
@@ -222,6 +222,12 @@ def plan(
         if any(j != k and kinds.get(j) != "small" for j in reads):
             return None  # a full state reading another full state: not in place
         step.decay[k] = _blocked(row[k], like, channels) if k in reads else 0
+        alias = _alias(k, row, c, reads, jac, current, step.eager, tangent)
+        if alias is not None:  # one pass less: q times a small state's new trace
+            m, q = alias
+            step.cross[k] = [(_blocked(q, like, channels), step.eager[m])]
+            step.scale[k] = None
+            continue
         step.cross[k] = [(_blocked(row[j], like, channels), old[j]) for j in reads if j != k]
         coef = None if tangent.coef is None else _blocked_major(tangent.coef, channels)
         c_blocked = _blocked(c, like, channels)
@@ -234,6 +240,30 @@ def plan(
         else:
             step.scale[k] = coef * c_blocked
     return step
+
+
+def _alias(k, row, c, reads, jac, current, eager, tangent) -> tuple[int, Partial] | None:
+    """``(m, q)`` when state k's input terms are ``q`` times small state m's new trace.
+
+    That holds when state k reads every small state j and the input with one coefficient
+    (``J^{kj} = c^k``, as the chain rule makes it when a membrane reads the new current) and m
+    reads the same with one number ``r`` (``J^{mj} = c^m = r``): then
+    ``Σ_j J^{kj} e^j + c^k X = (c^k / r) e^m_t``. Norse's ``LIFCell`` is such a cell.
+    """
+    if tangent.coef is not None or _zero(c):
+        return None
+    small = [j for j in reads if j != k]
+    if not small or any(row[j] is not c for j in small):
+        return None
+    for m in eager:
+        r = current[m]
+        if not isinstance(r, (int, float)) or r == 0:
+            continue
+        mine = [j for j, p in enumerate(jac[m]) if not _zero(p)]
+        if sorted(mine) != sorted(small) or any(jac[m][j] != r for j in mine):
+            continue
+        return m, c if r == 1 else c / r
+    return None
 
 
 def _blocked_major(coef: Tensor, channels: int) -> Tensor:
