@@ -15,6 +15,7 @@ from torch import Tensor
 from snn_ostl.chains import traces as CT
 from snn_ostl.chains.inplace import plan as plan_inplace
 from snn_ostl.chains.tangents import (
+    STATIC_CHANNELS,
     Linearised,
     Tangent,
     channel_axis,
@@ -60,6 +61,9 @@ class ChainLayer:
         self.bind(None, None)  # the neuron's own parameters and internal synapses
         leaves = [u.output for u in block.synapses] + list(block.params.values())
         linear = Linearised(current, leaves)
+        # an operation whose channel map may change from step to step: every entry its own
+        # direction (exact whatever it does)
+        dynamic = any(op not in STATIC_CHANNELS for op in block.ops)
         generator = torch.Generator().manual_seed(0)
         n_shape = current.shape[1:]
         through = block.describe()
@@ -71,6 +75,8 @@ class ChainLayer:
             probe = linear.apply(linear.index_of(z), _probe_directions(z, axis, generator))
             guess = CT.layout_guess(n_shape, channels, current.device)
             cmap = CT.channel_map(probe, weight_channel_axis(module), guess)
+            if dynamic:
+                cmap = CT.ChannelMap(channels, weight_channel_axis(module), dense=True)
             prefix = f"{use.path}." if use.path else ""
             weight = module.weight
             if weight.requires_grad:
@@ -91,9 +97,10 @@ class ChainLayer:
             else:
                 directions = _probe_directions(param.detach(), 0, generator)
                 probe = linear.apply(offset + i, directions)
-                cmap = CT.channel_map(
-                    probe, 0, CT.layout_guess(n_shape, param.shape[0], current.device)
-                )
+                guess = CT.layout_guess(n_shape, param.shape[0], current.device)
+                cmap = CT.channel_map(probe, 0, guess)
+                if dynamic:
+                    cmap = CT.ChannelMap(param.shape[0], 0, dense=True)
             width = param.numel() if cmap.dense else max(1, param[0].numel() if param.dim() else 1)
             role = CT.ChainRole("param", None, cmap, width, through)
             groups.append(self._chain_group(name, param, "chain", role))

@@ -73,6 +73,57 @@ _ELEMENTWISE = {
     "TanhBackward0",
     "HardtanhBackward0",
 }
+#: Operations whose channel -> neuron map is the same at every step (selections such as a
+#: max-pooling pick within a channel). A chain with any other operation (an index that may change
+#: from step to step, a sort, a max over channels) is traced with every parameter entry as its own
+#: direction, which is exact whatever the operation does.
+STATIC_CHANNELS = (
+    {
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "TBackward0",
+        "SliceBackward0",
+        "SelectBackward0",
+        "ExpandBackward0",
+        "CatBackward0",
+        "StackBackward0",
+        "ConstantPadNdBackward0",
+        "ReflectionPad1DBackward0",
+        "ReflectionPad2DBackward0",
+        "ReflectionPad3DBackward0",
+        "ReplicationPad1DBackward0",
+        "ReplicationPad2DBackward0",
+        "ReplicationPad3DBackward0",
+        "MaxPool2DWithIndicesBackward0",
+        "MaxPool3DWithIndicesBackward0",
+        "AvgPool2DBackward0",
+        "AvgPool3DBackward0",
+        "AdaptiveAvgPool2DBackward0",
+        "AdaptiveAvgPool3DBackward0",
+        "AdaptiveMaxPool2DBackward0",
+        "AdaptiveMaxPool3DBackward0",
+        "NativeBatchNormBackward0",
+        "NativeLayerNormBackward0",
+        "NativeGroupNormBackward0",
+        "EluBackward0",
+        "GeluBackward0",
+        "SiluBackward0",
+        "SoftplusBackward0",
+        "PreluKernelBackward0",
+        "HardswishBackward0",
+        "ClampBackward1",
+        "AbsBackward0",
+        "ExpBackward0",
+        "PowBackward0",
+        "SqrtBackward0",
+        "RsqrtBackward0",
+        "SumBackward1",
+        "MeanBackward1",
+    }
+    | _VIEWS
+    | _ELEMENTWISE
+)
+
 _MAXPOOL = {
     "MaxPool2DWithIndicesBackward0": 2,
     "MaxPool3DWithIndicesBackward0": 3,

@@ -146,6 +146,12 @@ SETTINGS = {
         (6,),
         5,
     ),
+    "linear-shuffled-every-step": (  # the feature -> neuron map changes at every step
+        lambda: nn.Linear(6, 5, dtype=DT),
+        lambda: Lambda(lambda z: z[:, torch.randperm(5)]),
+        (6,),
+        5,
+    ),
     "linear-layernorm": (
         lambda: nn.Linear(6, 5, dtype=DT),
         lambda: nn.LayerNorm(5, dtype=DT),
@@ -220,6 +226,7 @@ GAINS = {
     "conv-batchnorm-train": 0.3,
     "conv-batchnorm-eval": 3.0,
     "conv1d-maxpool": 3.0,
+    "linear-shuffled-every-step": 3.0,
     "conv3d": 3.0,
     "linear-dropout": 3.0,
     "linear-batchnorm-eval": 4.0,
@@ -234,6 +241,8 @@ def _tuned(setting: str, cell: str) -> ChainNet:
         net.fc.weight.mul_(3.0)
         if setting == "conv-avgpool":
             net.syn.bias.fill_(1.0)
+        if setting == "linear-shuffled-every-step":
+            net.syn.bias.fill_(1.5)
         if setting == "linear-batchnorm-eval":
             net.chain.bias.fill_(0.8)
         if setting == "conv-batchnorm-train":  # normalised currents: lower them by the affine
