@@ -329,6 +329,14 @@ class OSTL(ForwardHooks):
         """Qualified module name -> order of first call (stateful layers and synapses)."""
         return dict(self._order)
 
+    def trace_bytes(self) -> int:
+        """Bytes the eligibility traces hold now (what the summary's last line totals).
+
+        They depend on the batch and the layer sizes, never on the sequence length; after
+        :meth:`reset` they are released until the next step.
+        """
+        return sum(g.trace_bytes() for layer in self.layers.values() for g in layer.groups)
+
     def summary(self) -> str:
         """A table of every trained parameter: module, cell, trace form, trace memory."""
         from snn_ostl.summary import render_summary

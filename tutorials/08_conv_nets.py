@@ -20,8 +20,6 @@ rate-coded into spike trains.
 
 # sphinx_gallery_thumbnail_number = 1
 
-import re
-
 import matplotlib.pyplot as plt
 import norse.torch as norse
 import snntorch as snn
@@ -363,10 +361,9 @@ for T in LENGTHS:
     memory["BPTT"].append(bptt_bytes(csnn, x, labels) / MIB)
     with snn_ostl.OSTL(csnn) as learner:
         memory["OSTL"].append(ostl_bytes(csnn, learner, x, labels) / MIB)
-        summary = learner.summary()
+        # the traces' size, which depends on the batch and not on T
+        trace_mib = learner.trace_bytes() / MIB
     csnn.zero_grad()
-# the summary's last line: the traces' size, which depends on the batch and not on T
-trace_mib = float(re.search(r"total trace memory: ([\d.]+) MiB", summary).group(1))
 
 print(f"{'T':>4s} {'BPTT saved':>11s} {'OSTL saved':>11s} {'OSTL traces':>12s}")
 for k, T in enumerate(LENGTHS):

@@ -478,3 +478,16 @@ def test_snapshots_are_released_without_the_cycle_collector(cell):
         gc.enable()
     assert pending[1] > 0
     assert max(pending[1:]) == pending[1], pending
+
+
+def test_trace_bytes_is_what_the_summary_totals():
+    net = _tuned("conv-maxpool", "synaptic")
+    x, target = _data("conv-maxpool")
+    with snn_ostl.OSTL(net) as learner:
+        learner.reset()
+        for loss in _runner(net, x, target, [])():
+            loss.backward()
+        total = learner.trace_bytes()
+        line = learner.summary().splitlines()[-2 if "tip:" in learner.summary() else -1]
+    assert total > 0
+    assert f"{total / 2**20:.2f} MiB" in line
