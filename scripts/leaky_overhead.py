@@ -2,7 +2,7 @@
 
 ``python scripts/leaky_overhead.py [--steps 20,200] [--rounds 8]``
 
-The SPEC target for factorised layers is OSTL time per step <= 1.0x BPTT. This script measures
+The target for factorised layers is OSTL time per step <= 1.0x BPTT. This script measures
 the lowest cost an OSTL learner could have on the benchmark network (784-256-256-10, snnTorch
 ``Leaky``, batch 128) by writing one by hand for exactly this network, with none of the
 library's generality: no adapter, no validation, no state checks, no learning-signal options.

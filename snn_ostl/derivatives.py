@@ -13,7 +13,7 @@ An *elementwise* cell updates each neuron from its own state and its own input c
 ``[B, *N]``. A *dense* cell mixes neurons (torch RNN cells); its Jacobians are full matrices.
 
 Only :func:`torch.autograd.grad` is used here: ``torch.func`` transforms fail on the
-old-style ``autograd.Function`` surrogates of snnTorch and Norse (SPEC §4).
+old-style ``autograd.Function`` surrogates of snnTorch and Norse.
 """
 
 from __future__ import annotations

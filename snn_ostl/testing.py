@@ -1,4 +1,4 @@
-"""The exact reference for OSTL gradients (SPEC §2), as public helpers.
+"""The exact reference for OSTL gradients (the theory page's oracle), as public helpers.
 
     The OSTL gradient of the parameters of layer l equals the BPTT gradient of the same loss on
     the same data, computed on a graph in which every stateful layer above l has its previous
@@ -101,7 +101,7 @@ def oracle_gradients(
     *,
     variant: str = "ostl",
 ) -> dict[str, Tensor]:
-    """The SPEC §2 reference gradient of every parameter, by plain BPTT.
+    """The exact OSTL reference gradient of every parameter, by plain BPTT.
 
     Args:
         model: The model (no learner attached).

@@ -20,7 +20,7 @@ cell                          state                  synapses                   
 ``LSNNRecurrentCell``         (z, v, i, b)           same                            full Jacobian
 ============================  =====================  ==============================  ============
 
-Why these forms (SPEC §3, §4): in every feed-forward spiking cell Norse's reset
+Why these forms: in every feed-forward spiking cell Norse's reset
 ``v = (1 - z) v + z v_reset`` is a differentiable gate on the step's own spike, so ``J_t`` depends
 on the neuron and the step and the synapses need per-synapse traces. The leaky integrator has no
 reset and scalar decays, so its traces factorise (two presynaptic traces, one per state). The
@@ -34,7 +34,7 @@ wherever the state update uses it (the reset gate; the threshold adaptation of `
 
 ``LSNNCell`` lets its current in *after* the spike decision (``z_t`` depends on ``s_{t-1}`` only),
 so an error at step t never reaches a layer below an LSNN layer within the step: OSTL (exactly
-like its SPEC §2 oracle) gives such lower layers no gradient. Put LSNN layers at the bottom.
+like its exact oracle) gives such lower layers no gradient. Put LSNN layers at the bottom.
 
 Norse's neuron parameters are named tuples (``p``), not module parameters: the synapses are what
 gets trained. An ``nn.Parameter`` placed in a field of ``p`` (``LIFParameters(tau_mem_inv=

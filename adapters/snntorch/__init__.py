@@ -4,7 +4,7 @@ Every neuron is presented to the engine as an elementwise cell whose state tenso
 attributes snnTorch keeps on the module, in the order of the neuron's ``forward`` arguments:
 
 =============  ==========================  ============================================
-neuron         state                       trace form (SPEC §3)
+neuron         state                       trace form
 =============  ==========================  ============================================
 ``Leaky``      ``(mem,)``                  presynaptic (fused) for reset "subtract" with
                                            the default ``reset_delay=True``, or "none",
@@ -30,7 +30,7 @@ the layer's own spikes in the reset of ``reset_delay=False`` (snnTorch detaches 
 reset itself, so there e-prop equals OSTL); like the SNU's ``y_{t-1}``, that path is cut only
 where the membrane carries it to later steps, never in the step's own outputs.
 
-What snnTorch does that the adapters guard against (SPEC §4):
+What snnTorch does that the adapters guard against:
 
 - the state a caller passes with another shape than the input is silently replaced by zeros in
   snnTorch; here it raises :class:`snn_ostl.StateError` naming the module. An empty tensor

@@ -67,7 +67,7 @@ class ForwardHooks:
             filtered = layer.filtered_input(x)
 
             # The synapse saves its input only for its weight gradient: give it x̃_t instead,
-            # so its own backward computes ∂L/∂a_t · x̃_t (SPEC §3, factorised form).
+            # so its own backward computes ∂L/∂a_t · x̃_t (the factorised form).
             def pack(t: Tensor) -> Tensor:
                 same = t.data_ptr() == x.data_ptr() and t.shape == x.shape
                 return filtered if same and t.stride() == x.stride() else t

@@ -1,9 +1,9 @@
 """Eligibility traces: pure update and contraction functions (no hooks, no modules).
 
 A trace ``e^k`` holds ``d s^k_t / d θ`` for one parameter θ and each state tensor k, carried
-forward in time with ``e_t = J_t e_{t-1} + ∂s_t/∂θ`` (SPEC §2). Traces are never updated in
-place: an update returns new tensors, so a snapshot that a pending backward still needs stays
-valid (the whole-sequence backward of issue #2). Three storage forms exist (SPEC §3):
+forward in time with ``e_t = J_t e_{t-1} + ∂s_t/∂θ`` (the theory page's eligibility). Traces
+are never updated in place: an update returns new tensors, so a snapshot that a pending backward
+still needs stays valid (a backward over the whole sequence). Three storage forms exist:
 
 - presynaptic: when J and ∂s/∂a are plain numbers, ``e^k[b, n, i] = x̄^k[b, i]`` for every
   neuron n, so only the filtered input ``x̄`` (``[B, *I]``) is stored; the gradient is the

@@ -49,7 +49,7 @@ def _number(p: Partial) -> bool:
 
 
 def presynaptic_states(jac: Sequence[Sequence[Partial]], current: Sequence[Partial]) -> frozenset:
-    """States whose synapse traces need no neuron index (SPEC §3, applied state by state).
+    """States whose synapse traces need no neuron index (the presynaptic form, state by state).
 
     A state k qualifies when its current partial and its Jacobian row are numbers and it depends
     only on states that qualify too: then ``e^k[n, b, i] = x̄^k[b, i]`` for every neuron n. Norse's

@@ -1,7 +1,7 @@
 """Norse 1.1 cells under OSTL (float64): exactness, hand-written partials, model styles, refusals.
 
 The registry drives the parametrised cases: every example of every Norse adapter is checked as a
-one-stateful-layer model against full BPTT and as a two-layer stack against the SPEC §2 oracle
+one-stateful-layer model against full BPTT and as a two-layer stack against the exact oracle
 (with a negative control), so adding an adapter or an example adds its cases.
 """
 
@@ -85,7 +85,7 @@ class Layers(nn.Module):
 
     Cells with their own input weights get no synapse (the first) or a bridging Linear (later
     layers). ``detach_from = k`` detaches the previous state of cells k, k+1, ... at every step:
-    the SPEC §2 oracle of the parameters of cell k-1 that the model does not register (Norse's
+    the exact oracle of the parameters of cell k-1 that the model does not register (Norse's
     ``p`` fields).
     """
 

@@ -2,7 +2,7 @@
 
 The registry drives the parametrised cases: every example of every snnTorch adapter is checked
 as a one-stateful-layer model against full BPTT (float32, relative error <= 1e-4, snnTorch's
-spikes being float32) and as a two-layer stack against the SPEC §2 oracle, with a negative
+spikes being float32) and as a two-layer stack against the exact oracle, with a negative
 control and a spike-rate check, so adding an example adds its cases.
 """
 

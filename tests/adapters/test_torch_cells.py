@@ -1,7 +1,7 @@
 """torch's RNNCell, LSTMCell and GRUCell under OSTL (the paper's generic OSTL, float64).
 
 The registry drives the cases: every example of every torch adapter is checked as a one-layer
-model against full BPTT and as a two-layer stack against the SPEC §2 oracle, with a negative
+model against full BPTT and as a two-layer stack against the exact oracle, with a negative
 control (the lower layer of the stack differs from full BPTT).
 """
 

@@ -1,4 +1,4 @@
-"""OSTL gradients against the autograd oracle of SPEC §2 (float64, native cells).
+"""OSTL gradients against the autograd oracle (float64, native cells).
 
 Every case runs the learner with a per-step backward and compares each parameter with the
 oracle; one-stateful-layer cases are also compared with full BPTT, and every case checks that the

@@ -1,4 +1,4 @@
-"""Each trace form (SPEC §3) against the oracle, with external Linear and Conv synapses."""
+"""Each trace form against the oracle, with external Linear and Conv synapses."""
 
 from __future__ import annotations
 
