@@ -3,7 +3,8 @@
 A stateful layer owns every synapse whose output reaches its input current within the same
 step through stateless operations only (pooling, dropout, normalisation, scaling, reshaping,
 sums of several synapses), and the parameters of those operations. This package finds that
-*block* in the autograd graph of the current (:mod:`snn_ostl.chains.walk`), computes how the
+*block* in the autograd graph of the current (:mod:`snn_ostl.chains.walk`; which operations it
+holds: :mod:`snn_ostl.chains.ops`), computes how the
 current depends on each of the block's parameters at this step (:mod:`snn_ostl.chains.tangents`),
 keeps the exact eligibility traces of those parameters (:mod:`snn_ostl.chains.traces`), advances
 them in place inside the backward where it can (:mod:`snn_ostl.chains.inplace`), and binds them to

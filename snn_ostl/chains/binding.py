@@ -14,11 +14,10 @@ from torch import Tensor
 
 from snn_ostl.chains import traces as CT
 from snn_ostl.chains.inplace import plan as plan_inplace
+from snn_ostl.chains.ops import STATIC_CHANNELS, channel_axis
 from snn_ostl.chains.tangents import (
-    STATIC_CHANNELS,
     Linearised,
     Tangent,
-    channel_axis,
     channel_mask,
     synapse_tangents,
     weight_channel_axis,

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from snn_ostl.chains.ops import VIEWS, channel_axis, kind
 from snn_ostl.chains.walk import SynapseUse
 
 __all__ = [
@@ -42,92 +43,6 @@ __all__ = [
 #: Elements of one batch of directions pushed through a chain at once (bounds peak memory).
 CHUNK_ELEMENTS = 2**24
 
-_VIEWS = {
-    "ViewBackward0",
-    "ReshapeAliasBackward0",
-    "UnsafeViewBackward0",
-    "CloneBackward0",
-    "AliasBackward0",
-    "SqueezeBackward0",
-    "SqueezeBackward1",
-    "SqueezeBackward2",
-    "UnsqueezeBackward0",
-    "ToCopyBackward0",
-}
-#: Operations whose derivative is diagonal when they have one differentiable input.
-_ELEMENTWISE = {
-    "MulBackward0",
-    "MulBackward1",
-    "DivBackward0",
-    "DivBackward1",
-    "NegBackward0",
-    "AddBackward0",
-    "AddBackward1",
-    "SubBackward0",
-    "SubBackward1",
-    "RsubBackward1",
-    "NativeDropoutBackward0",
-    "ReluBackward0",
-    "LeakyReluBackward0",
-    "SigmoidBackward0",
-    "TanhBackward0",
-    "HardtanhBackward0",
-}
-#: Operations whose channel -> neuron map is the same at every step (selections such as a
-#: max-pooling pick within a channel). A chain with any other operation (an index that may change
-#: from step to step, a sort, a max over channels) is traced with every parameter entry as its own
-#: direction, which is exact whatever the operation does.
-STATIC_CHANNELS = (
-    {
-        "PermuteBackward0",
-        "TransposeBackward0",
-        "TBackward0",
-        "SliceBackward0",
-        "SelectBackward0",
-        "ExpandBackward0",
-        "CatBackward0",
-        "StackBackward0",
-        "ConstantPadNdBackward0",
-        "ReflectionPad1DBackward0",
-        "ReflectionPad2DBackward0",
-        "ReflectionPad3DBackward0",
-        "ReplicationPad1DBackward0",
-        "ReplicationPad2DBackward0",
-        "ReplicationPad3DBackward0",
-        "MaxPool2DWithIndicesBackward0",
-        "MaxPool3DWithIndicesBackward0",
-        "AvgPool2DBackward0",
-        "AvgPool3DBackward0",
-        "AdaptiveAvgPool2DBackward0",
-        "AdaptiveAvgPool3DBackward0",
-        "AdaptiveMaxPool2DBackward0",
-        "AdaptiveMaxPool3DBackward0",
-        "NativeBatchNormBackward0",
-        "NativeLayerNormBackward0",
-        "NativeGroupNormBackward0",
-        "EluBackward0",
-        "GeluBackward0",
-        "SiluBackward0",
-        "SoftplusBackward0",
-        "PreluKernelBackward0",
-        "HardswishBackward0",
-        "ClampBackward1",
-        "AbsBackward0",
-        "ExpBackward0",
-        "PowBackward0",
-        "SqrtBackward0",
-        "RsqrtBackward0",
-        "SumBackward1",
-        "MeanBackward1",
-    }
-    | _VIEWS
-    | _ELEMENTWISE
-)
-
-_MAXPOOL = {
-    "MaxPool2DWithIndicesBackward0": 2,
-    "MaxPool3DWithIndicesBackward0": 3,
-}
 _CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 _CONV_T = {
     nn.ConvTranspose1d: F.conv_transpose1d,
@@ -204,11 +119,6 @@ class Tangent:
         return base.reshape(-1, block[1], *base.shape[-2:])[lo:hi]
 
 
-def channel_axis(module: nn.Module) -> int:
-    """The axis of the synapse's output that holds its channels (features)."""
-    return 1 if type(module) in _CONV or type(module) in _CONV_T else -1
-
-
 def weight_channel_axis(module: nn.Module) -> int:
     """The axis of the synapse's weight that indexes its output channels."""
     return 1 if type(module) in _CONV_T or isinstance(module, nn.Embedding) else 0
@@ -282,40 +192,6 @@ def _fit(t: Tensor | float, z_shape: torch.Size, n_shape: torch.Size) -> Tensor 
         return t
     full = t.expand(*z_shape, *t.shape[-2:])
     return full.reshape(*n_shape, *t.shape[-2:])
-
-
-def _kind(use: SynapseUse) -> str:
-    """``"identity"``, ``"elementwise"``, ``"maxpool"`` or ``"generic"`` for one synapse."""
-    nodes = use.nodes
-    if nodes is None:
-        return "generic"
-    names = [type(n).__name__ for n in nodes]
-    start = 0
-    if names and names[0] in _MAXPOOL:
-        node = nodes[0]
-        kernel = list(node._saved_kernel_size)
-        stride = list(node._saved_stride) or kernel
-        dims = _MAXPOOL[names[0]]
-        kernel = kernel * dims if len(kernel) == 1 else kernel
-        stride = stride * dims if len(stride) == 1 else stride
-        dilation = list(node._saved_dilation)
-        if any(k > s for k, s in zip(kernel, stride)) or any(d != 1 for d in dilation):
-            return "generic"  # overlapping windows: one input may feed two outputs
-        if channel_axis(use.module) != 1:
-            return "generic"
-        start = 1
-    rest = names[start:]
-    for node, name in zip(nodes[start:], rest):
-        differentiable = [c for c, _ in node.next_functions if c is not None]
-        if name not in _VIEWS and name not in _ELEMENTWISE:
-            return "generic"
-        if name in ("AddBackward0", "SubBackward0"):
-            continue  # a sum of branches: each branch is differentiated on its own
-        if len(differentiable) != 1:
-            return "generic"
-    if start:
-        return "maxpool"
-    return "identity" if all(n in _VIEWS for n in rest) else "elementwise"
 
 
 class Linearised:
@@ -396,11 +272,11 @@ def synapse_tangents(
     module, z = use.module, use.output
     n_shape, z_shape = current.shape[1:], z.shape[1:]
     rows = synapse_rows(module, use.input, current.dtype)
-    kind = "generic" if dense else _kind(use)
-    if kind == "identity":
+    path = "generic" if dense else kind(use)
+    if path == "identity":
         base = _fit(_identity_base(module, rows), z_shape, n_shape)
         return Tangent(None, base), Tangent(None, 1.0) if want_bias else None
-    if kind == "elementwise":
+    if path == "elementwise":
         with torch.enable_grad():
             (d,) = torch.autograd.grad(current, z, torch.ones_like(current), retain_graph=True)
         first = d.reshape(-1)[0]
@@ -413,7 +289,7 @@ def synapse_tangents(
         coef = _as_neuron_major(d.reshape(current.shape))
         base = _fit(_identity_base(module, rows), z_shape, n_shape)
         return Tangent(coef, base), Tangent(coef, 1.0) if want_bias else None
-    if kind == "maxpool":
+    if path == "maxpool":
         return _maxpool_tangents(use, current, rows, want_bias, take)
     index = linear().index_of(z)
     if dense:
@@ -453,7 +329,7 @@ def _maxpool_tangents(
     shape = (*current.shape[1:], batch, width)
     source = flat_rows.reshape(-1, width)
     coef = None
-    if any(type(n).__name__ not in _VIEWS for n in use.nodes[1:]):
+    if any(type(n).__name__ not in VIEWS for n in use.nodes[1:]):
         with torch.enable_grad():
             (d,) = torch.autograd.grad(
                 current, use.output, torch.ones_like(current), retain_graph=True
