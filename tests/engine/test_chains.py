@@ -397,14 +397,19 @@ def test_a_second_backward_through_an_advanced_step_is_refused():
         loss.backward()
 
 
-def test_summary_names_the_chain_and_the_form():
-    net = _tuned("linear-layernorm", "leaky")
-    x, target = _data("linear-layernorm")
+def _summary_after_a_sequence(setting: str, cell: str) -> tuple[str, int]:
+    """The learner's summary and trace bytes after one sequence with a backward per step."""
+    net = _tuned(setting, cell)
+    x, target = _data(setting)
     with snn_ostl.OSTL(net) as learner:
         learner.reset()
         for loss in _runner(net, x, target, [])():
             loss.backward()
-        text = learner.summary()
+        return learner.summary(), learner.trace_bytes()
+
+
+def test_summary_names_the_chain_and_the_form():
+    text, _ = _summary_after_a_sequence("linear-layernorm", "leaky")
     rows = {line.split()[2]: line for line in text.splitlines()[3:] if line.startswith("lif")}
     # a layer norm mixes the features: every weight entry reaches every neuron
     assert "full-jacobian" in rows["syn.weight"] and "through layer_norm" in rows["syn.weight"]
@@ -481,13 +486,7 @@ def test_snapshots_are_released_without_the_cycle_collector(cell):
 
 
 def test_trace_bytes_is_what_the_summary_totals():
-    net = _tuned("conv-maxpool", "synaptic")
-    x, target = _data("conv-maxpool")
-    with snn_ostl.OSTL(net) as learner:
-        learner.reset()
-        for loss in _runner(net, x, target, [])():
-            loss.backward()
-        total = learner.trace_bytes()
-        line = learner.summary().splitlines()[-2 if "tip:" in learner.summary() else -1]
+    text, total = _summary_after_a_sequence("conv-maxpool", "synaptic")
+    line = next(line for line in text.splitlines() if line.startswith("total trace memory"))
     assert total > 0
     assert f"{total / 2**20:.2f} MiB" in line
