@@ -490,3 +490,53 @@ def test_trace_bytes_is_what_the_summary_totals():
     line = next(line for line in text.splitlines() if line.startswith("total trace memory"))
     assert total > 0
     assert f"{total / 2**20:.2f} MiB" in line
+
+
+def test_one_output_fed_to_two_neurons_is_refused():
+    """``z = fc(x); a(z); b(z)``: the second neuron would train fc again with its own traces."""
+
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 4, dtype=DT)
+            self.a = ToyLeaky()
+            self.b = ToyLeaky(reset="zero")
+
+        def forward(self, x):
+            z = self.fc(x)
+            return self.a(z)[0] + self.b(z)[0]
+
+    with snn_ostl.OSTL(Fork()) as learner:
+        learner.reset()
+        with pytest.raises(snn_ostl.StateError, match="fc feeds both a and b"):
+            learner.model(torch.rand(2, 3, dtype=DT))
+
+
+def test_a_feature_extractor_with_batch_norm_below_is_listed_whole():
+    """Conv -> BatchNorm -> ReLU feeding the layer's Linear: both are below it, both named."""
+
+    class Front(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, dtype=DT)
+            self.norm = nn.BatchNorm2d(2, dtype=DT)
+            self.fc = nn.Linear(2 * 4 * 4, 5, dtype=DT)
+            self.lif = ToyLeaky(reset="zero")
+
+        def forward(self, x, state=None):
+            h = F.relu(self.norm(self.conv(x))).flatten(1)
+            return self.lif(self.fc(h), state)
+
+    net = Front()
+    x = torch.rand(2, 1, 6, 6, dtype=DT)
+    with snn_ostl.OSTL(net), pytest.raises(snn_ostl.UnsupportedModuleError) as info:
+        net(x)
+    assert sorted(p.path for p in info.value.problems) == ["conv", "norm"]
+    assert "norm (BatchNorm2d): it runs before the stateful layer lif" in str(info.value)
+    with snn_ostl.OSTL(net, instantaneous_below=True) as learner:
+        learner.reset()
+        net(x)[0].sum().backward()
+        summary = learner.summary()
+    rows = {line.split()[2]: line for line in summary.splitlines()[3:] if len(line.split()) > 2}
+    for name in ("conv.weight", "norm.weight", "norm.bias"):
+        assert "approximation: below lif" in rows[name], name
