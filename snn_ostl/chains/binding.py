@@ -18,7 +18,7 @@ from snn_ostl.chains.ops import STATIC_CHANNELS, channel_axis
 from snn_ostl.chains.tangents import (
     Linearised,
     Tangent,
-    channel_mask,
+    channel_masks,
     synapse_tangents,
     weight_channel_axis,
 )
@@ -32,7 +32,7 @@ __all__ = ["ChainLayer"]
 def _probe_directions(z: Tensor, axis: int, generator: torch.Generator) -> Tensor:
     """``[O, *z]``: a random positive tangent on one channel at a time."""
     noise = torch.rand(z.shape, generator=generator, dtype=torch.float64).to(z) + 0.5
-    return torch.stack([channel_mask(z, axis, o) * noise for o in range(z.shape[axis])])
+    return channel_masks(z, axis) * noise
 
 
 class ChainLayer:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from snn_ostl.chains.tangents import Tangent
-from snn_ostl.chains.traces import ChannelMap, contract
+from snn_ostl.chains.traces import ChannelMap, as_parameter, contract, is_zero
 from snn_ostl.derivatives import Partial
 
 __all__ = ["CHUNK_BYTES", "ChainStep", "plan"]
@@ -136,14 +136,8 @@ class ChainStep:
                 self._advance(traces[k], k, lo, hi)
         if out is None:
             return rest
-        term = out.squeeze(1).reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
+        term = as_parameter(out.squeeze(1), cmap, shape)
         return term if rest is None else term + rest
-
-
-def _moved(shape, axis: int) -> tuple[int, ...]:
-    dims = list(shape)
-    lead = dims.pop(axis)
-    return (lead, *dims)
 
 
 def _part(p: Partial, lo: int, hi: int) -> Partial:
@@ -186,7 +180,7 @@ def plan(
     kinds: dict[int, str] = {}
     for k, t in enumerate(old):
         if t is None:
-            if not _zero(current[k]) or any(not _zero(p) for p in jac[k]):
+            if not is_zero(current[k]) or any(not is_zero(p) for p in jac[k]):
                 return None  # the first step: nothing to defer
             continue
         if tuple(t.shape[:-1]) == full:
@@ -201,7 +195,7 @@ def plan(
     step = ChainStep(rows, {}, {}, tangent, channels)
     for k, kind in sorted(kinds.items(), key=lambda item: item[1] == "full"):  # small first
         row, c = jac[k], current[k]
-        reads = [j for j, p in enumerate(row) if not _zero(p) and old[j] is not None]
+        reads = [j for j, p in enumerate(row) if not is_zero(p) and old[j] is not None]
         if kind == "small":
             numbers = all(isinstance(row[j], (int, float)) for j in reads)
             shared = tangent.coef is None and (
@@ -209,12 +203,12 @@ def plan(
             )
             if not numbers or any(kinds[j] != "small" for j in reads):
                 return None
-            if not _zero(c) and not (isinstance(c, (int, float)) and shared):
+            if not is_zero(c) and not (isinstance(c, (int, float)) and shared):
                 return None
             acc = None
             for j in reads:
                 acc = old[j] * row[j] if acc is None else acc.add(old[j], alpha=row[j])
-            if not _zero(c):
+            if not is_zero(c):
                 term = tangent.base * c
                 acc = term if acc is None else acc + term
             step.eager[k] = acc.expand_as(old[k]).contiguous()
@@ -231,7 +225,7 @@ def plan(
         step.cross[k] = [(_blocked(row[j], like, channels), old[j]) for j in reads if j != k]
         coef = None if tangent.coef is None else _blocked_major(tangent.coef, channels)
         c_blocked = _blocked(c, like, channels)
-        if _zero(c):
+        if is_zero(c):
             step.scale[k] = None
         elif coef is None:
             step.scale[k] = c_blocked
@@ -250,7 +244,7 @@ def _alias(k, row, c, reads, jac, current, eager, tangent) -> tuple[int, Partial
     reads the same with one number ``r`` (``J^{mj} = c^m = r``): then
     ``Σ_j J^{kj} e^j + c^k X = (c^k / r) e^m_t``. Norse's ``LIFCell`` is such a cell.
     """
-    if tangent.coef is not None or _zero(c):
+    if tangent.coef is not None or is_zero(c):
         return None
     small = [j for j in reads if j != k]
     if not small or any(row[j] is not c for j in small):
@@ -259,7 +253,7 @@ def _alias(k, row, c, reads, jac, current, eager, tangent) -> tuple[int, Partial
         r = current[m]
         if not isinstance(r, (int, float)) or r == 0:
             continue
-        mine = [j for j, p in enumerate(jac[m]) if not _zero(p)]
+        mine = [j for j, p in enumerate(jac[m]) if not is_zero(p)]
         if sorted(mine) != sorted(small) or any(jac[m][j] != r for j in mine):
             continue
         return m, c if r == 1 else c / r
@@ -269,7 +263,3 @@ def _alias(k, row, c, reads, jac, current, eager, tangent) -> tuple[int, Partial
 def _blocked_major(coef: Tensor, channels: int) -> Tensor:
     """A ``[*N, B, 1]`` coefficient as ``[O, R, B, 1]``."""
     return coef.reshape(channels, -1, *coef.shape[-2:])
-
-
-def _zero(p: Partial) -> bool:
-    return p is None or (isinstance(p, (int, float)) and p == 0)

@@ -243,11 +243,13 @@ def generic_directions(module: nn.Module, rows: Tensor, z: Tensor) -> Tensor:
     return d.expand(d.shape[0], *z.shape)
 
 
-def channel_mask(z: Tensor, axis: int, channel: int) -> Tensor:
-    """A ``z``-shaped 0/1 tensor selecting one channel."""
-    mask = torch.zeros_like(z)
-    mask.select(axis, channel).fill_(1.0)
-    return mask
+def channel_masks(z: Tensor, axis: int) -> Tensor:
+    """``[O, *z]``: for each channel o, a ``z``-shaped 0/1 tensor selecting channel o."""
+    channels = z.shape[axis]
+    masks = z.new_zeros(channels, *z.shape)
+    for o in range(channels):
+        masks[o].select(axis, o).fill_(1.0)
+    return masks
 
 
 def synapse_tangents(
@@ -294,10 +296,8 @@ def synapse_tangents(
     index = linear().index_of(z)
     if dense:
         axis = channel_axis(module) % z.dim()
-        parts = []
-        for o in range(z.shape[axis]):
-            mask = channel_mask(z, axis, o)
-            parts.append(linear().apply(index, generic_directions(module, rows, z) * mask))
+        directions = generic_directions(module, rows, z)
+        parts = [linear().apply(index, directions * mask) for mask in channel_masks(z, axis)]
         x = torch.cat(parts)
     else:
         x = linear().apply(index, generic_directions(module, rows, z))
@@ -306,7 +306,7 @@ def synapse_tangents(
     if want_bias:
         if dense:
             axis = channel_axis(module) % z.dim()
-            ones = torch.stack([channel_mask(z, axis, o) for o in range(z.shape[axis])])
+            ones = channel_masks(z, axis)
         else:
             ones = torch.ones_like(z).unsqueeze(0)
         xb = linear().apply(index, ones)

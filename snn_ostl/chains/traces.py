@@ -26,8 +26,10 @@ __all__ = [
     "ChainRole",
     "ChannelMap",
     "advance",
+    "as_parameter",
     "channel_map",
     "contract",
+    "is_zero",
     "layout_guess",
     "parameter_directions",
 ]
@@ -162,7 +164,7 @@ def advance(
         same for every channel, as Norse's synaptic current is).
     """
     shape = (*like.shape[1:], like.shape[0], width)
-    users = [k for k, c in enumerate(current) if not _zero(c)]
+    users = [k for k, c in enumerate(current) if not is_zero(c)]
     # the last state that reads the base may take it over (the others read it first)
     taker = users[-1] if tangent.owned and users else None
     out: list[Tensor | None] = [None] * len(jac)
@@ -172,7 +174,7 @@ def advance(
         acc: Tensor | float | None = None
         owned = False  # acc is a tensor of this step that may be written in place
         c = current[k]
-        if c is not None and not (isinstance(c, (int, float)) and c == 0):
+        if not is_zero(c):
             coef = _times(_neuron_major(c, like), tangent.coef)
             base = tangent.base
             if isinstance(base, Tensor) and base_free:
@@ -188,7 +190,7 @@ def advance(
                 acc = _times(coef, base)
                 owned = isinstance(acc, Tensor) and acc is not base
         for j, p in enumerate(row):
-            if p is None or old[j] is None or (isinstance(p, (int, float)) and p == 0):
+            if is_zero(p) or old[j] is None:
                 continue
             e = old[j]
             number = isinstance(p, (int, float))
@@ -233,7 +235,8 @@ def advance(
     return out
 
 
-def _zero(p: Partial) -> bool:
+def is_zero(p: Partial) -> bool:
+    """Whether a partial is exactly zero (None or the number 0)."""
     return p is None or (isinstance(p, (int, float)) and p == 0)
 
 
@@ -286,22 +289,21 @@ def contract(
         summed = done
     if out is None:
         return None
-    if summed:
-        return out.reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
-    if cmap.dense:
-        per_channel = out.sum(0)
-        return per_channel.reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
-    if cmap.blocks is not None:
-        per_channel = out.reshape(cmap.channels, cmap.blocks, -1).sum(1)
-    else:
-        per_channel = out.new_zeros(cmap.channels, out.shape[1]).index_add_(0, cmap.index, out)
+    return as_parameter(_per_channel(out, cmap, summed), cmap, shape)
+
+
+def as_parameter(per_channel: Tensor, cmap: ChannelMap, shape) -> Tensor:
+    """A gradient per channel, ``[O, F]`` (``[P]`` for a dense map), in the parameter's layout."""
     return per_channel.reshape(_moved(shape, cmap.axis)).movedim(0, cmap.axis)
 
 
 def _per_channel(out: Tensor, cmap: ChannelMap, summed: bool) -> Tensor:
-    """``[N, F]`` summed to ``[O, F]`` (already summed: returned as is)."""
+    """``[N, F]`` summed to ``[O, F]``, or to ``[P]`` for a dense map, whose neurons share one
+    channel (already summed: returned as is)."""
     if summed:
         return out
+    if cmap.dense:
+        return out.sum(0)
     if cmap.blocks is not None:
         return out.reshape(cmap.channels, cmap.blocks, -1).sum(1)
     return out.new_zeros(cmap.channels, out.shape[1]).index_add_(0, cmap.index, out)

@@ -42,6 +42,13 @@ def _user_frame() -> int:
     return level
 
 
+def _fed_twice(synapse: str, first: str, second: str) -> StateError:
+    return StateError(
+        f"{synapse} feeds both {first} and {second}; a synapse may feed one stateful layer "
+        "only. Give each layer its own Linear/Conv module."
+    )
+
+
 class ForwardHooks:
     """The hook methods of :class:`snn_ostl.OSTL` (no state of their own)."""
 
@@ -58,6 +65,7 @@ class ForwardHooks:
     def _synapse_pre(self, module: nn.Module, args: tuple) -> tuple | None:
         if not torch.is_grad_enabled():
             return None
+        given = args
         if self._outputs and args:
             args = self._cut_recurrence(module, args)
         new_args = self.signals.before_synapse(module, args)
@@ -76,7 +84,7 @@ class ForwardHooks:
             ctx.__enter__()
             self._saving[module] = ctx
             layer.swap_bias(module)  # inside the hooks: see Layer.swap_bias
-        if new_args is None and module in self._recurrent_now:
+        if new_args is None and args is not given:  # the recurrent input was cut
             return args
         return new_args
 
@@ -230,11 +238,9 @@ class ForwardHooks:
             if out.grad_fn is not None:
                 nodes[out.grad_fn] = (self._synapse_paths[module], module, out, x)
         stops = {node for _ref, _owner, node in self._outputs.values() if node is not None}
-        if self._names is None:
-            self._names = {id(p): n for n, p in self.model.named_parameters()}
         where = f"{layer.path or '<root>'} ({type(layer.module).__name__})"
         try:
-            block = walk(current, nodes, stops, self._names)
+            block = walk(current, nodes, stops, self._param_names())
         except ChainTooLongError as err:
             raise StateError(
                 f"{where}: {err}. Its input current seems to depend on tensors carried over "
@@ -245,13 +251,9 @@ class ForwardHooks:
             owner_path = name.rsplit(".", 1)[0] if "." in name else ""
             module = self._plan.synapses.get(owner_path)
             if module is not None:  # reached through an output another layer consumed
-                other = self._feeds.get(module)
-                direct = [lay.path for lay in self.layers.values() if lay.synapse is module]
-                first = other.path if other is not None else (direct or ["another layer"])[0]
-                raise StateError(
-                    f"{owner_path} feeds both {first} and {layer.path}; a synapse may feed one "
-                    "stateful layer only. Give each layer its own Linear/Conv module."
-                )
+                owner = self._owner(module)
+                first = owner.path if owner is not None else "another layer"
+                raise _fed_twice(owner_path, first, layer.path)
         for use in block.synapses:
             self._recent.pop(use.module, None)
             if use.module in self._recurrent_now:
@@ -277,16 +279,24 @@ class ForwardHooks:
             )
         return block
 
+    def _owner(self, synapse: nn.Module) -> Layer | None:
+        """The layer a synapse already feeds (through a chain or directly), if any."""
+        layer = self._feeds.get(synapse)
+        if layer is not None:
+            return layer
+        return next((lay for lay in self.layers.values() if lay.synapse is synapse), None)
+
+    def _param_names(self) -> dict[int, str]:
+        """``id(parameter)`` -> qualified name, as the model names them (read once)."""
+        if self._names is None:
+            self._names = {id(p): n for n, p in self.model.named_parameters()}
+        return self._names
+
     def _bind_chain(self, layer: Layer, block: Block, current: Tensor) -> None:
         for use in block.synapses:
-            other = self._feeds.get(use.module)
-            direct = [lay for lay in self.layers.values() if lay.synapse is use.module]
-            if (other is not None and other is not layer) or direct:
-                owner = other.path if other is not None else direct[0].path
-                raise StateError(
-                    f"{use.path} feeds both {owner} and {layer.path}; a synapse may feed one "
-                    "stateful layer only. Give each layer its own Linear/Conv module."
-                )
+            owner = self._owner(use.module)
+            if owner is not None and owner is not layer:
+                raise _fed_twice(use.path, owner.path, layer.path)
         layer.bind_chain(block, current)
         for use in block.synapses:
             self._feeds[use.module] = layer
@@ -309,16 +319,13 @@ class ForwardHooks:
         if found is not None:
             synapse = found[0]
             path = self._synapse_paths[synapse]
-            for other in self.layers.values():
-                if other.synapse is synapse:
-                    raise StateError(
-                        f"{path} feeds both {other.path} and {layer.path}; a synapse may feed "
-                        "one stateful layer only. Give each layer its own Linear/Conv module."
-                    )
+            owner = self._owner(synapse)
+            if owner is not None:
+                raise _fed_twice(path, owner.path, layer.path)
         layer.bind(path, synapse)
         # Name every trained parameter as the model does (an adapter may reach a parameter
         # that another module registers, e.g. a Norse LIFParameters field).
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        names = self._param_names()
         for g in layer.groups:
             g.name = names.get(id(g.param), g.name)
         if layer.fused_group is not None:

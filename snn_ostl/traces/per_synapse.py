@@ -151,6 +151,10 @@ class PerSynapseStep:
         """Whether a state's new trace reads another per-synapse state's old one."""
         return any(j != k for k, row in self.rows.items() for j, _ in row)
 
+    def apply(self, src: Traces, out: Traces | None = None) -> Traces:
+        """:func:`advance` (the interface a pending step offers to its snapshots' book)."""
+        return advance(self, src, out)
+
 
 def plan(
     jac: Sequence[Sequence[Partial]],

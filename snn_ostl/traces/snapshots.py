@@ -75,21 +75,17 @@ class Snapshots:
                     g.pool.append(t)
 
     def flush(self, g: TraceGroup) -> None:
-        """Apply a per-synapse group's pending advance outside a backward pass."""
+        """Apply a group's pending advance (per-synapse or chain) outside a backward pass."""
         step, g.pending = g.pending, None
-        # a chain trace's step advances itself (snn_ostl.chains.inplace)
-        advance = (
-            step.apply if hasattr(step, "apply") else lambda src, out: PS.advance(step, src, out)
-        )
         base = [g.trace[k] for k in step.rows]
         if self.in_use(base):
             # a step whose backward has not run yet still needs e_{t-1}: write elsewhere
             out = list(g.trace)
             for k in step.rows:
                 out[k] = g.take_buffer(g.trace[k])
-            g.trace = advance(g.trace, out)
+            g.trace = step.apply(g.trace, out)
         else:
-            g.trace = advance(g.trace, g.trace)
+            g.trace = step.apply(g.trace, g.trace)
 
     def claim(self, g: TraceGroup, snapshot: list[Any], history: Any) -> PS.PerSynapseStep | None:
         """The pending advance of ``g``, if ``history``'s backward may apply it in place.
