@@ -48,6 +48,32 @@ def assert_spiking(rates: list[float], what: str = "") -> None:
         assert lo <= r <= hi, f"{what} layer {i}: mean spike rate {r:.3f} outside [{lo}, {hi}]"
 
 
+def reset_states(model: torch.nn.Module) -> None:
+    """Reset the state that modules keep on themselves (snnTorch's ``init_hidden``), module by
+    module (never snnTorch's process-wide reset)."""
+    from snn_ostl.adapters import load_available
+
+    from snn_ostl.registry import adapter_for
+
+    load_available()
+    for m in model.modules():
+        adapter = adapter_for(m)
+        if adapter is not None:
+            adapter.reset(m)
+
+
+def full_bptt(model: torch.nn.Module, run) -> dict[str, torch.Tensor]:
+    """Plain BPTT of the summed losses of ``run()`` from a fresh state, no learner attached."""
+    reset_states(model)
+    for p in model.parameters():
+        p.grad = None
+    torch.stack(list(run())).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for p in model.parameters():
+        p.grad = None
+    return grads
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_spiking, seeded
+from conftest import full_bptt as _full_bptt
 from torch import nn
 
 pytest.importorskip("norse")
@@ -68,16 +69,6 @@ def _sizes(cell: nn.Module) -> tuple[int, int]:
 
 def _internal(adapter, cell) -> bool:
     return bool(adapter.internal_synapses(cell))
-
-
-def _full_bptt(model: nn.Module, run: Callable) -> dict[str, torch.Tensor]:
-    for p in model.parameters():
-        p.grad = None
-    torch.stack(list(run())).sum().backward()
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for p in model.parameters():
-        p.grad = None
-    return out
 
 
 class Layers(nn.Module):

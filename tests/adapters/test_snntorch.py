@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pytest
 import torch
 from conftest import assert_spiking
+from conftest import full_bptt as _full_bptt
+from conftest import reset_states as _reset
 from torch import nn
 
 pytest.importorskip("snntorch")
@@ -62,24 +64,6 @@ def _quiet(factory: Callable[[], nn.Module]) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return factory()
-
-
-def _reset(model: nn.Module) -> None:
-    for m in model.modules():
-        adapter = adapter_for(m)
-        if adapter is not None:
-            adapter.reset(m)
-
-
-def _full_bptt(model: nn.Module, run: Callable) -> dict[str, torch.Tensor]:
-    _reset(model)
-    for p in model.parameters():
-        p.grad = None
-    torch.stack(list(run())).sum().backward()
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for p in model.parameters():
-        p.grad = None
-    return out
 
 
 def _step(neuron: nn.Module, current: torch.Tensor, state: tuple) -> tuple:

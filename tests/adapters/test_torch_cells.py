@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from conftest import full_bptt as _full_bptt
 from conftest import seeded
 from snn_ostl.adapters import load_available
 from torch import nn
@@ -88,16 +89,6 @@ def _runner(model: Stack, x, target):
             yield ((out - target[t]) ** 2).sum()
 
     return run
-
-
-def _full_bptt(model: nn.Module, run) -> dict[str, torch.Tensor]:
-    for p in model.parameters():
-        p.grad = None
-    torch.stack(list(run())).sum().backward()
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for p in model.parameters():
-        p.grad = None
-    return out
 
 
 @pytest.mark.parametrize("make", EXAMPLES, ids=IDS)

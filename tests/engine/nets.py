@@ -71,14 +71,3 @@ def data(steps: int = 12, batch: int = 3, features: int = 8, seed: int = 0, scal
 
 def mean_rates(rates: list[list[float]]) -> list[float]:
     return torch.tensor(rates).mean(0).tolist()
-
-
-def full_bptt(model: nn.Module, run: Callable) -> dict[str, torch.Tensor]:
-    """Plain BPTT through the whole sequence, no learner attached."""
-    for p in model.parameters():
-        p.grad = None
-    torch.stack(list(run())).sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for p in model.parameters():
-        p.grad = None
-    return grads

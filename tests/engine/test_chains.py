@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_spiking
+from conftest import assert_spiking, full_bptt
 from torch import nn
 from toy_cells import ToyLeaky, ToySynaptic
 
@@ -283,10 +283,7 @@ def test_chain_differs_from_full_bptt_below_a_stateful_layer(setting):
     x, target = _data(setting)
     run = _runner(net, x, target, [])
     grads, _, _ = ostl_gradients(net, run)
-    for p in net.parameters():
-        p.grad = None
-    torch.stack(list(run())).sum().backward()
-    full = {n: p.grad for n, p in net.named_parameters()}
+    full = full_bptt(net, run)
     assert compare({"w": grads["syn.weight"]}, {"w": full["syn.weight"]})["w"] > 1e-4
 
 

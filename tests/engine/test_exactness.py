@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_spiking
+from conftest import assert_spiking, full_bptt
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nets import StackNet, data, full_bptt, mean_rates, stack_runner
+from nets import StackNet, data, mean_rates, stack_runner
 from torch import nn
 
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients

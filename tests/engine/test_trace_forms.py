@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_spiking
-from nets import full_bptt
+from conftest import assert_spiking, full_bptt
 from snn_ostl.adapters.native import SNUAdapter
 from torch import nn
 from toy_cells import ToyLeaky

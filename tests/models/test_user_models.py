@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_spiking, seeded
+from conftest import full_bptt as _full_bptt
 from torch import nn
 
 pytest.importorskip("snntorch")
@@ -30,7 +31,6 @@ import snntorch as snn
 from snntorch import surrogate
 
 import snn_ostl
-from snn_ostl.registry import adapter_for
 from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
 
 F64, F32 = torch.float64, torch.float32
@@ -48,24 +48,6 @@ def _one_thread():
 
 
 # ----------------------------------------------------------------------------- helpers
-def _reset(model: nn.Module) -> None:
-    """Reset the state that modules keep on themselves (snnTorch's ``init_hidden``)."""
-    for m in model.modules():
-        adapter = adapter_for(m)
-        if adapter is not None:
-            adapter.reset(m)
-
-
-def _full_bptt(model: nn.Module, run: Callable) -> dict[str, torch.Tensor]:
-    """Plain BPTT of the summed losses: nothing detached."""
-    _reset(model)
-    for p in model.parameters():
-        p.grad = None
-    torch.stack(list(run())).sum().backward()
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    for p in model.parameters():
-        p.grad = None
-    return out
 
 
 class Rates:
