@@ -42,7 +42,6 @@ class ChainLayer:
 
     def bind_chain(self, block: Block, current: Tensor) -> None:
         """Fix the trace groups of a layer fed through ``block`` (at its first step)."""
-        where = f"{self.path or '<root>'} ({type(self.module).__name__})"
         if self.recurrent:
             raise ConfigurationError(
                 [
@@ -71,11 +70,12 @@ class ChainLayer:
             module, z = use.module, use.output
             axis = channel_axis(module) % z.dim()
             channels = z.shape[axis]
-            probe = linear.apply(linear.index_of(z), _probe_directions(z, axis, generator))
-            guess = CT.layout_guess(n_shape, channels, current.device)
-            cmap = CT.channel_map(probe, weight_channel_axis(module), guess)
             if dynamic:
                 cmap = CT.ChannelMap(channels, weight_channel_axis(module), dense=True)
+            else:
+                probe = linear.apply(linear.index_of(z), _probe_directions(z, axis, generator))
+                guess = CT.layout_guess(n_shape, channels, current.device)
+                cmap = CT.channel_map(probe, weight_channel_axis(module), guess)
             prefix = f"{use.path}." if use.path else ""
             weight = module.weight
             if weight.requires_grad:
@@ -93,18 +93,17 @@ class ChainLayer:
         for i, (name, param) in enumerate(block.params.items()):
             if param.dim() == 0:
                 cmap = CT.ChannelMap(1, 0, dense=True)
+            elif dynamic:
+                cmap = CT.ChannelMap(param.shape[0], 0, dense=True)
             else:
                 directions = _probe_directions(param.detach(), 0, generator)
                 probe = linear.apply(offset + i, directions)
                 guess = CT.layout_guess(n_shape, param.shape[0], current.device)
                 cmap = CT.channel_map(probe, 0, guess)
-                if dynamic:
-                    cmap = CT.ChannelMap(param.shape[0], 0, dense=True)
-            width = param.numel() if cmap.dense else max(1, param[0].numel() if param.dim() else 1)
+            width = param.numel() if cmap.dense else param[0].numel()
             role = CT.ChainRole("param", None, cmap, width, through)
             groups.append(self._chain_group(name, param, "chain", role))
         self._block_signature = block.signature()
-        self._where = where
         if not groups:
             self.block = block
             block.release()
@@ -114,8 +113,6 @@ class ChainLayer:
         self.all_fused = False
         self._fused_roles = {}
         self.block = block
-        self._block_signature = block.signature()
-        self._where = where
 
     def _chain_group(self, name: str, param, role: str, chain: CT.ChainRole) -> TraceGroup:
         form = "full-jacobian" if chain.cmap.dense else "per-synapse"
@@ -181,7 +178,7 @@ class ChainLayer:
             if self.advance_in_backward:
                 step = plan_inplace(d.state, d.current, old, tangent, current, chain.cmap)
             if step is not None:  # run in this step's backward (or before the next step)
-                step.scratch = self.__dict__.setdefault("_scratch", {}).setdefault(g.name, [])
+                step.scratch = g.scratch
                 if step.eager:  # small states are advanced already; the old list stays intact
                     g.trace = [step.eager.get(k, t) for k, t in enumerate(old)]
                 g.pending = step

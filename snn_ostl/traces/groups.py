@@ -59,6 +59,8 @@ class TraceGroup:
     #: Per-synapse form with ``flush_every > 1``: the trace as a
     #: :class:`snn_ostl.traces.window.Window`.
     window: Any = field(default=None, repr=False)
+    #: Chain form: room for one block of a gathered tangent, kept from step to step.
+    scratch: list[Tensor] = field(default_factory=list, repr=False)
     #: A parameter of a block reached through a chain (:class:`snn_ostl.chains.traces.ChainRole`).
     chain: Any = None
 
