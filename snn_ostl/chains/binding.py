@@ -9,6 +9,8 @@ not factorise.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -154,7 +156,7 @@ class ChainLayer:
                 continue
             dense = parts[0].chain.cmap.dense
             want_bias = any(g.chain.part == "bias" for g in parts)
-            take = self._spare(parts[0], current)
+            take = partial(parts[0].take_shaped, like=current)
             with torch.no_grad():
                 weight, bias = synapse_tangents(use, current, linear, dense, want_bias, take)
             tangents[(j, "weight")] = weight
@@ -173,7 +175,7 @@ class ChainLayer:
             else:
                 tangent = tangents[(chain.synapse, chain.part)]
             old = g.trace or [None] * d.num_states
-            take = self._spare(g, current)
+            take = partial(g.take_shaped, like=current)
             step = None
             if self.advance_in_backward:
                 step = plan_inplace(d.state, d.current, old, tangent, current, chain.cmap)
@@ -184,24 +186,8 @@ class ChainLayer:
                 g.pending = step
                 continue
             tangent.materialise(take)
+            # the old traces return to the pool when the backward that reads them is done
+            # (Snapshots._recycle); spare buffers spare page faults on large traces
             with torch.no_grad():
                 g.trace = CT.advance(d.state, d.current, old, tangent, current, chain.width, take)
-            # the previous traces become spares once the backward that reads them has run
-            full = (*current.shape[1:], current.shape[0], chain.width)
-            spares = [t for t in old if isinstance(t, Tensor) and tuple(t.shape) == full]
-            g.pool[:] = (g.pool + spares)[-2 * d.num_states :]
         block.release()
-
-    def _spare(self, g: TraceGroup, like: Tensor):
-        """A function handing out a recycled trace buffer of a shape, if one is free."""
-
-        def take(shape: tuple[int, ...]) -> Tensor | None:
-            for i, spare in enumerate(g.pool):
-                fits = tuple(spare.shape) == tuple(shape) and spare.dtype == like.dtype
-                if fits and spare.device == like.device and not self.snapshots.in_use([spare]):
-                    if g.trace and any(spare is t for t in g.trace):
-                        continue
-                    return g.pool.pop(i)
-            return None
-
-        return take

@@ -61,9 +61,10 @@ class Snapshots:
         return False
 
     def _recycle(self, snapshot: list[Any]) -> None:
-        """A step's graph is gone: its per-synapse tensors can be reused as output buffers."""
+        """A step's graph is gone: its per-synapse and chain trace tensors can be reused as output
+        buffers (a chain trace's only when it has the full shape of the live one)."""
         for g, old in zip(self._groups(), snapshot):
-            if g.form != "per-synapse" or g.chain is not None:
+            if g.form != "per-synapse" and g.chain is None:
                 continue
             if not isinstance(old, list) or not g.trace:
                 continue
@@ -71,6 +72,9 @@ class Snapshots:
             for k in set(range(len(old))) - g.presynaptic:
                 t = old[k]
                 spare = isinstance(t, Tensor) and id(t) not in current
+                if spare and g.chain is not None:
+                    live = g.trace[k]
+                    spare = isinstance(live, Tensor) and live.shape == t.shape
                 if spare and len(g.pool) < 2 * len(old) and not self.in_use([t]):
                     g.pool.append(t)
 
