@@ -139,6 +139,12 @@ class ChainLayer:
 
     def advance_chain(self, step, d) -> None:
         """Advance the traces of every block parameter by one step."""
+        # the tangents differentiate the step's graph, which reaches the parameters through
+        # the fed-back spikes' history node too: silence it meanwhile
+        with self.fed_back_muted():
+            self._advance_chain(step, d)
+
+    def _advance_chain(self, step, d) -> None:
         block = self.block
         current = step.current
         linear_cache: list[Linearised] = []
@@ -174,8 +180,11 @@ class ChainLayer:
                 tangent = Tangent(None, x.movedim(0, -1).movedim(0, -2))
             else:
                 tangent = tangents[(chain.synapse, chain.part)]
-            old = g.trace or [None] * d.num_states
             take = partial(g.take_shaped, like=current)
+            if self.fed_back:
+                g.trace = self.advance_fed_back(g, d, tangent, current, take)
+                continue
+            old = g.trace or [None] * d.num_states
             step = None
             if self.advance_in_backward:
                 step = plan_inplace(d.state, d.current, old, tangent, current, chain.cmap)
@@ -190,4 +199,6 @@ class ChainLayer:
             # (Snapshots._recycle); spare buffers spare page faults on large traces
             with torch.no_grad():
                 g.trace = CT.advance(d.state, d.current, old, tangent, current, chain.width, take)
+        self.keep_first(d)
+        self._fb_input = None
         block.release()

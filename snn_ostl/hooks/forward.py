@@ -107,6 +107,11 @@ class ForwardHooks:
         if not (feeds_owner or runs_before):
             return args
         self._recurrent_now.add(module)
+        if feeds_owner and self.variant == "ostl" and owner.block is not None:
+            # the layer's own spikes: traced through the layer (snn_ostl.chains.fedback)
+            if not owner.fed_back:
+                owner.start_fed_back(path, self.learning_signal)
+            return (owner.fed_back_input(x), *args[1:])
         return (x.detach(), *args[1:])
 
     def _synapse_post(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
@@ -213,6 +218,8 @@ class ForwardHooks:
                 layer.step = None
             if layer.step is None:
                 return None
+            if layer.block is not None:
+                layer.note_output(layer.adapter.spikes(output))
             layer.after_step(layer.adapter.new_state(module, args, kwargs, output))
             self.signals.after_layer(layer, output)
             self._record_output(layer, output)
@@ -260,7 +267,7 @@ class ForwardHooks:
                 self._recurrent_now.discard(use.module)
                 use.recurrent = True
         recurrent = [u.path for u in block.synapses if u.recurrent]
-        if recurrent and self.variant == "ostl":
+        if recurrent and self.variant == "ostl" and not layer.fed_back:
             raise ConfigurationError(
                 [
                     Problem(

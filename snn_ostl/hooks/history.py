@@ -31,7 +31,16 @@ class History:
     (the step's graph is gone) and recycle the snapshot's buffers.
     """
 
-    __slots__ = ("__weakref__", "consumed", "derived", "groups", "layer", "snapshot", "spikes")
+    __slots__ = (
+        "__weakref__",
+        "consumed",
+        "derived",
+        "groups",
+        "layer",
+        "muted",
+        "snapshot",
+        "spikes",
+    )
 
     def __init__(
         self,
@@ -45,6 +54,8 @@ class History:
         self.derived = derived  # factors D_{t-1} of the snapshot's derived states
         #: True once this step's backward advanced the snapshot in place (it is spent).
         self.consumed = False
+        #: True while the step's own graph is differentiated for its tangents (no history).
+        self.muted = False
 
     def nbytes(self) -> int:
         total = 0
@@ -55,6 +66,8 @@ class History:
         return total
 
     def __call__(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
+        if self.muted:
+            return [None] * len(self.groups)
         if self.consumed:
             raise StateError(
                 f"{self.layer.path or '<root>'}: a second backward pass reached a step whose "

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, StepRecord
 from snn_ostl.chains.binding import ChainLayer
+from snn_ostl.chains.fedback import FedBackLayer
 from snn_ostl.errors import ConfigurationError, Problem, StateError
 from snn_ostl.hooks.history import History
 from snn_ostl.hooks.inject import inject
@@ -30,7 +31,7 @@ from snn_ostl.traces.snapshots import Snapshots
 __all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
 
-class Layer(TraceUpdates, ChainLayer):
+class Layer(TraceUpdates, ChainLayer, FedBackLayer):
     """A stateful module, its trained parameters and their eligibility traces.
 
     Args:
@@ -262,6 +263,7 @@ class Layer(TraceUpdates, ChainLayer):
     def reset(self) -> None:
         """Forget traces and the batch size (a new sequence starts)."""
         self.flush(close=True)
+        self.void_fed_back()
         for g in self.groups:
             if g.fused and getattr(self, "fused_ran", False) and g.trace:
                 # The synapse already ran this step and saved x̃_t (and the bias's scale) for
@@ -342,6 +344,7 @@ class Layer(TraceUpdates, ChainLayer):
         self.check(prev, current)
         self.inputs = inputs
         self.step = StepRecord(current=current, prev=prev)
+        self._injected = ()
         if not self.has_traces or not self.groups or self.all_fused:
             return prev
         for g in self.groups:
@@ -353,7 +356,8 @@ class Layer(TraceUpdates, ChainLayer):
         snapshot = [g.trace if g.window is None else g.window.ref(g.trace) for g in self.groups]
         history = History(self, list(self.groups), snapshot, spikes, self.derived)
         self.snapshots.track(history)
-        return inject(history, prev, self._params)
+        self._injected = inject(history, prev, self._params)
+        return self._injected
 
     @property
     def pending_bytes(self) -> int:
