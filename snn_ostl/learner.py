@@ -42,6 +42,21 @@ VARIANTS = ("ostl", "ostl-no-h", "eprop")
 LEARNING_SIGNALS = ("backprop", "random", "direct")
 
 # module -> learner, for every module of every attached model (weak: never keeps a model alive).
+class _Inert:
+    """What a deep copy of an attached model holds in place of the learner.
+
+    A hook that is a bound method is copied as the same function bound to this object: with
+    no module of its own, every hook returns at once.
+    """
+
+    _synapse_paths: dict = {}
+    _chain_paths: dict = {}
+    _saving: dict = {}
+    _attached = False
+
+
+_INERT = _Inert()
+
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, OSTL] = weakref.WeakKeyDictionary()
 
 
@@ -251,6 +266,12 @@ class OSTL(ForwardHooks):
         """
         for layer in self.layers.values():
             layer.flush()
+
+    def __deepcopy__(self, memo: dict) -> _Inert:
+        # ``copy.deepcopy(model)`` copies the model's hooks, and a hook that is a bound method
+        # of the learner copies the learner with it. The copy of an attached model is a plain
+        # model: its hooks answer to nothing (the layer hooks see a module that is not theirs).
+        return _INERT
 
     def detach(self) -> None:
         """Remove every hook; the model behaves exactly as before attaching.

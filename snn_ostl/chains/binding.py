@@ -60,6 +60,11 @@ class ChainLayer:
             )
         self.bind(None, None)  # the neuron's own parameters and internal synapses
         leaves = [u.output for u in block.synapses] + list(block.params.values())
+        if not leaves:  # nothing trained feeds the current (an input passed straight in)
+            self._block_signature = block.signature()
+            self.block = block
+            block.release()
+            return
         linear = Linearised(current, leaves)
         # an operation whose channel map may change from step to step: every entry its own
         # direction (exact whatever it does)

@@ -64,6 +64,8 @@ class Block:
     params: dict[str, nn.Parameter] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)
     tree: bool = True
+    #: Trained parameters reached that the model does not hold (outside the attached module).
+    outside: list[nn.Parameter] = field(default_factory=list)
 
     def signature(self) -> tuple:
         """What must stay the same from step to step (modules, parameters, operations)."""
@@ -140,6 +142,8 @@ def walk(
             key = names.get(id(param))
             if key is not None and param.requires_grad and key not in block.params:
                 block.params[key] = param
+            elif key is None and param.requires_grad:
+                block.outside.append(param)
             block.tree = False
             return
         if node in seen:

@@ -27,6 +27,7 @@ from snn_ostl.errors import (
     StateError,
     UnsupportedModuleError,
 )
+from snn_ostl.hooks.guards import StepGuards
 from snn_ostl.hooks.layer import Layer
 
 __all__ = ["ForwardHooks"]
@@ -49,7 +50,7 @@ def _fed_twice(synapse: str, first: str, second: str) -> StateError:
     )
 
 
-class ForwardHooks:
+class ForwardHooks(StepGuards):
     """The hook methods of :class:`snn_ostl.OSTL` (no state of their own)."""
 
     def _check_attached(self) -> None:
@@ -63,7 +64,7 @@ class ForwardHooks:
             self._order[path] = len(self._order)
 
     def _synapse_pre(self, module: nn.Module, args: tuple) -> tuple | None:
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or module not in self._synapse_paths:
             return None
         given = args
         if self._outputs and args:
@@ -119,8 +120,8 @@ class ForwardHooks:
         if ctx is not None:
             self._fused[module].restore_bias()
             ctx.__exit__(None, None, None)
-        if output is None or not torch.is_grad_enabled():  # None: forward raised
-            return output
+        if output is None or not torch.is_grad_enabled() or module not in self._synapse_paths:
+            return output  # None: forward raised; not ours: a deep copy's module
         self._note(self._synapse_paths[module])
         output = self.signals.after_synapse(module, args, output, self._synapse_paths[module])
         # the output itself, not a weak reference: a chain (``chain(syn(x))``) drops the
@@ -129,7 +130,7 @@ class ForwardHooks:
         return output
 
     def _model_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or not self._attached or module is not self.model:
             return None
         return self.signals.after_model(output)
 
@@ -142,6 +143,8 @@ class ForwardHooks:
 
     def _make_pre(self, layer: Layer):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
+            if module is not layer.module:  # a deep copy of the model carries the hooks along
+                return None
             adapter = layer.adapter
             # Entered in every grad mode: besides cutting gradient paths, an adapter may use it
             # to keep the framework's forward consistent (e.g. spikes in the input's dtype).
@@ -158,16 +161,20 @@ class ForwardHooks:
         if not torch.is_grad_enabled():
             layer.step = None
             return None
+        self._guard_call(layer, module)
         try:
             current = adapter.current(module, args, kwargs)
             prev = adapter.read_state(module, args, kwargs)
         except StateError as err:
             raise StateError(f"{layer.path or '<root>'} ({type(module).__name__}): {err}") from err
-        if prev is None:
-            # The module starts from its zero state: a new sequence, so the traces restart
-            # too (otherwise a forgotten learner.reset() would mix two sequences silently).
+        if not self._guard_state(layer, prev, current):
+            # The module starts from its zero state or from a constant one (fresh zeros,
+            # snnTorch's utils.reset, a step under no_grad): a new sequence, so the traces
+            # restart too, as BPTT's gradient stops at a constant state.
             layer.reset()
+        if prev is None:
             prev = adapter.initial_state(module, current)
+        self._guard_plan(layer, current, prev)
         inputs: dict[str | int, Tensor] = {}
         owns_input = layer.owns_input_weights
         found, block = None, None
@@ -210,12 +217,15 @@ class ForwardHooks:
 
     def _make_post(self, layer: Layer):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
+            if module is not layer.module:
+                return None
             ctx = getattr(layer, "variant_ctx", None)
             if ctx is not None:
                 layer.variant_ctx = None
                 ctx.__exit__(None, None, None)
             if output is None:  # forward raised: the step never happened
                 layer.step = None
+                layer.undo_filtered_input()
             if layer.step is None:
                 return None
             if layer.block is not None:
@@ -254,6 +264,22 @@ class ForwardHooks:
                 "from earlier steps. Compute the current from this step's synapses (Linear, "
                 "Conv, Embedding) and stateless operations only."
             ) from err
+        if block.outside:
+            shapes = ", ".join(str(tuple(p.shape)) for p in block.outside)
+            raise ConfigurationError(
+                [
+                    Problem(
+                        layer.path,
+                        type(layer.module).__name__,
+                        f"its input current depends on trained parameters of shape {shapes} "
+                        "that the module the learner is attached to does not hold (a synapse "
+                        "outside it); their eligibility cannot be kept.",
+                        "attach the learner to the model that holds both the neuron and its "
+                        "synapses, e.g. snn_ostl.OSTL(model) rather than OSTL(model.lif), or "
+                        "freeze those parameters.",
+                    )
+                ]
+            )
         for name in block.params:
             owner_path = name.rsplit(".", 1)[0] if "." in name else ""
             module = self._plan.synapses.get(owner_path)
@@ -307,6 +333,11 @@ class ForwardHooks:
         layer.bind_chain(block, current)
         for use in block.synapses:
             self._feeds[use.module] = layer
+        watched = [(layer.path, layer.module)] + [(u.path, u.module) for u in block.synapses]
+        for name in block.params:
+            path = name.rsplit(".", 1)[0] if "." in name else ""
+            watched.append((path, self.model.get_submodule(path)))
+        layer.watch(watched)
         self._note_unbound(layer)
 
     def _internal_feedback(self, layer, args, kwargs, current, stack):
@@ -337,10 +368,11 @@ class ForwardHooks:
             g.name = names.get(id(g.param), g.name)
         if layer.fused_group is not None:
             self._fused[synapse] = layer
+        layer.watch([(layer.path, layer.module)] + ([(path, synapse)] if synapse else []))
         self._note_unbound(layer)
 
     def _chain_module_pre(self, module: nn.Module, args: tuple) -> None:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and module in self._chain_paths:
             self._note(self._chain_paths[module])
 
     def _note_unbound(self, layer: Layer) -> None:

@@ -19,6 +19,7 @@ from snn_ostl.adapter import CellAdapter, DenseAdapter, ElementwiseAdapter, Step
 from snn_ostl.chains.binding import ChainLayer
 from snn_ostl.chains.fedback import FedBackLayer
 from snn_ostl.errors import ConfigurationError, Problem, StateError
+from snn_ostl.hooks.guards import LayerGuards
 from snn_ostl.hooks.history import History
 from snn_ostl.hooks.inject import inject
 from snn_ostl.hooks.updates import TraceUpdates
@@ -31,7 +32,7 @@ from snn_ostl.traces.snapshots import Snapshots
 __all__ = ["Layer", "TraceGroup"]  # TraceGroup re-exported for existing imports
 
 
-class Layer(TraceUpdates, ChainLayer, FedBackLayer):
+class Layer(TraceUpdates, ChainLayer, FedBackLayer, LayerGuards):
     """A stateful module, its trained parameters and their eligibility traces.
 
     Args:
@@ -75,6 +76,7 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer):
         self.all_fused = False
         self._fused_roles: dict[str, TraceGroup] = {}
         self._bias_scale: Tensor | None = None
+        self._fused_undo: tuple | None = None
         self._swapped: nn.Module | None = None  # the synapse running with a scaled bias
 
     # ------------------------------------------------------------------ planning
@@ -177,6 +179,9 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer):
             and synapse is not None
             and len(adapter.state_names) == 1
             and adapter.fusable(self.module, self.variant)
+            # the bias rides on the weight's substitution: with the weight frozen the synapse's
+            # pre-hook never runs, so a lone bias keeps its presynaptic trace
+            and any(g.role == "weight" and g.source == "input" for g in groups)
         ):
             for g in groups:
                 g.fused = g.role in ("weight", "bias") and g.source == "input"
@@ -205,18 +210,34 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer):
         save ``x̃_t`` in place of ``x_t``.
         """
         g = self.fused_group
+        if getattr(self, "fused_ran", False):
+            # the synapse ran again before the layer's step: the earlier call never reached it
+            self.undo_filtered_input()
+        bias = self.fused_bias
+        self._fused_undo = (g.trace, bias.trace if bias is not None else None, self._bias_scale)
         previous = g.trace[0] if g.trace else None
         x = x.detach()
         restart = previous is None or self.decay is None or previous.shape != x.shape
         filtered = x if restart or not self.decay else torch.add(x, previous, alpha=self.decay)
         g.trace = [filtered]
-        bias = self.fused_bias
         if bias is not None:  # the bias sees a constant input 1: its filtered input is a number
             bias.trace = [1.0 if restart or not bias.trace else self.decay * bias.trace[0] + 1.0]
         self.fused_ran = True
         self._fused_x = x
         self._bias_scale = None
         return filtered
+
+    def undo_filtered_input(self) -> None:
+        """Take back the last :meth:`filtered_input` (its step never completed)."""
+        if not getattr(self, "fused_ran", False) or self._fused_undo is None:
+            return
+        trace, bias_trace, scale = self._fused_undo
+        self.fused_group.trace = trace
+        if self.fused_bias is not None:
+            self.fused_bias.trace = bias_trace
+        self._bias_scale = scale
+        self.fused_ran = False
+        self._fused_undo = None
 
     def swap_bias(self, synapse: nn.Module) -> None:
         """Run the synapse with a bias whose gradient is scaled by its filtered input.
@@ -378,6 +399,7 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer):
             return
         step.new = tuple(new)
         self.step = None
+        self.record_state(step.new)
         like = step.prev[0]
         if self.batch is None:
             self.batch, self.neuron_shape = like.shape[0], like.shape[1:]

@@ -58,14 +58,27 @@ def test_bad_options_name_the_allowed_values(option, value):
         snn_ostl.OSTL(StackNet([8, 6]), **{option: value})
 
 
-def test_new_batch_without_reset_names_the_module():
+def test_a_constant_state_of_a_new_batch_starts_a_new_sequence():
+    """A hand-made zero state is a constant: BPTT's gradient stops there, and so do the
+    traces (no learner.reset() needed, no error for the new batch size)."""
     net = StackNet([8, 6])
     x3, x5 = torch.rand(3, 8, dtype=torch.float64), torch.rand(5, 8, dtype=torch.float64)
-    with snn_ostl.OSTL(net):
-        net(x3, [None])
-        zero_state = net.cells[0].initial_state(x5)  # a hand-made zero state is not None
-        with pytest.raises(snn_ostl.StateError, match=r"cells\.0 \(SNU\).*batch of 5.*reset"):
-            net(x5, [zero_state])
+
+    def second_step_grads(first: bool, state_of):
+        net.zero_grad(set_to_none=True)
+        with snn_ostl.OSTL(net):
+            if first:
+                out, _ = net(x3, [None])
+                out.sum().backward()
+                net.zero_grad(set_to_none=True)
+            out, _ = net(x5, [state_of(x5)])
+            out.sum().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    zero = second_step_grads(True, lambda x: net.cells[0].initial_state(x))
+    fresh = second_step_grads(False, lambda x: None)
+    for a, b in zip(zero, fresh):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_none_state_starts_a_new_sequence():
@@ -111,6 +124,7 @@ def test_wrong_state_shape_names_the_module():
             cell(x, bad)
 
 
+
 def test_dtype_change_mid_sequence_names_the_module():
     net = StackNet([8, 6])
     x, _ = data()
@@ -126,11 +140,11 @@ def test_device_mismatch_names_the_module():
     net = StackNet([8, 6])
     x, _ = data()
     with snn_ostl.OSTL(net) as learner:
-        net(x[0], [None])
+        _, states = net(x[0], [None])
         layer = learner.layers["cells.0"]
         layer.device = torch.device("meta")
         with pytest.raises(snn_ostl.StateError, match=r"cells\.0.*meta"):
-            net(x[1], [None])
+            net(x[1], states)
 
 
 def test_synapse_feeding_two_layers_is_refused():

@@ -1,0 +1,188 @@
+"""The checks that run at every step, so that a broken assumption never yields a wrong gradient.
+
+The traces of a layer are only valid for the computation they were built from. Each check here
+compares, at the start of a step, what the layer receives with what its traces assume, and
+either handles the difference exactly or raises a typed error naming the module and the fix:
+
+- the module is the one the learner hooked (a ``copy.deepcopy`` of an attached model carries
+  the hooks along);
+- no autocast region is active (the traces would be built from rounded currents);
+- the previous state is the one the layer returned at its last step. A state the user replaced
+  by a constant (snnTorch's ``utils.reset``, fresh zeros, a step under ``torch.no_grad()``)
+  starts the traces afresh, which is exactly what BPTT does there (no gradient flows into a
+  constant); a state changed by an operation that has a gradient is refused;
+- the parameters the layer trains are the same objects with the same ``requires_grad`` as when
+  its traces were planned. Between sequences the layer is planned again; within one, refused.
+- dtype, device, batch and neuron shape change only between sequences (see ``Layer.check``).
+
+Each costs a few attribute reads per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snn_ostl.errors import ConfigurationError, Problem, StateError
+
+__all__ = ["LayerGuards", "StepGuards"]
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _where(layer: Any) -> str:
+    return f"{layer.path or '<root>'} ({type(layer.module).__name__})"
+
+
+class LayerGuards:
+    """The per-layer half: what the layer's traces were built for."""
+
+    _last_state: tuple[tuple[Tensor, int], ...] | None = None
+    _watch: tuple[tuple[int, bool], ...] | None = None
+    _watched: list[tuple[str, nn.Module]] = []
+
+    def record_state(self, new: tuple[Tensor, ...]) -> None:
+        """Remember the state the layer produced (an alias without graph, and its version)."""
+        self._last_state = tuple((t.detach(), t._version) for t in new)
+
+    def continuity(self, prev: tuple[Tensor, ...]) -> str:
+        """``"same"``, ``"fresh"`` (a constant state: start again) or ``"foreign"``."""
+        last = self._last_state
+        if last is None:
+            return "fresh"
+        if len(last) == len(prev) and all(
+            t.data_ptr() == a.data_ptr()
+            and t._version == v
+            and t.shape == a.shape
+            and t.stride() == a.stride()
+            for t, (a, v) in zip(prev, last)
+        ):
+            return "same"
+        if any(t.grad_fn is not None for t in prev):
+            return "foreign"
+        if len(last) == len(prev) and all(
+            t.shape == a.shape and torch.equal(t, a) for t, (a, _v) in zip(prev, last)
+        ):
+            return "same"  # a detached or cloned copy of it: the learner detaches it anyway
+        return "fresh"
+
+    def watch(self, modules: list[tuple[str, nn.Module]]) -> None:
+        """Fix which modules' parameters the traces were planned for (at binding)."""
+        self._watched = modules
+        self._watch = self._watch_key()
+
+    def _watch_key(self) -> tuple[tuple[int, bool], ...]:
+        return tuple(
+            (id(p), p.requires_grad)
+            for _path, m in self._watched
+            for p in m._parameters.values()
+            if p is not None
+        )
+
+    def changed_parameters(self) -> list[str]:
+        """Qualified names of watched parameters replaced or (un)frozen since binding."""
+        if self._watch is None or self._watch_key() == self._watch:
+            return []
+        then = dict(self._watch)
+        names = []
+        for path, m in self._watched:
+            for name, p in m._parameters.items():
+                if p is None:
+                    continue
+                if id(p) not in then or then[id(p)] != p.requires_grad:
+                    names.append(f"{path}.{name}" if path else name)
+        return names or ["a parameter"]
+
+    def unbind(self) -> None:
+        """Forget the plan of the layer's traces (the next step plans them again)."""
+        self.reset()
+        self.synapse = self.synapse_path = None
+        self.groups, self._params = [], []
+        self.bound = False
+        self.all_fused = False
+        self._fused_roles = {}
+        self.block = None
+        self.fed_back = False
+        self._fb_settled = False
+        self._fb_first = None
+        self.neuron_shape = self.dtype = self.device = None
+        self._watch, self._watched = None, []
+        self._last_state = None
+        self.fused_ran = False  # the new plan's first step starts its own filtered input
+
+
+class StepGuards:
+    """The learner's half: the checks of one step, run by the stateful module's pre-hook."""
+
+    def _guard_call(self, layer: Any, module: nn.Module) -> None:
+        if module is not layer.module:
+            raise StateError(
+                f"{_where(layer)}: the learner's hooks ran for a different module object, a "
+                "copy of the attached one (copy.deepcopy of an attached model copies its "
+                "hooks). Detach the learner before copying (learner.detach()), or attach a new "
+                "learner to the copy after removing the old one's hooks from it."
+            )
+        for device in _AUTOCAST_DEVICES:
+            if torch.is_autocast_enabled(device):
+                raise ConfigurationError(
+                    [
+                        Problem(
+                            layer.path,
+                            type(module).__name__,
+                            f"a torch.autocast region ({device}) is active: the eligibility "
+                            "traces would be built from currents rounded to the lower "
+                            "precision and no longer match the gradient.",
+                            "run the forward of an attached model outside torch.autocast "
+                            "(train in the model's own dtype, e.g. float32 or bfloat16 "
+                            "throughout via model.to(torch.bfloat16)).",
+                        )
+                    ]
+                )
+
+    def _guard_state(self, layer: Any, prev: tuple[Tensor, ...] | None, current: Tensor) -> bool:
+        """Whether the layer continues its sequence (False: it starts again from ``prev``)."""
+        if prev is None or not layer.bound:
+            return False
+        verdict = layer.continuity(tuple(prev))
+        if verdict == "foreign":
+            layer.check(tuple(prev), current)  # a new shape, dtype or device says more
+            raise StateError(
+                f"{_where(layer)}: the state it received was computed from the state it "
+                "returned at its previous step by an operation of the model's own (it has a "
+                "gradient), which the eligibility traces do not follow. Pass the state back "
+                "unchanged, or detach it (a new sequence starts from it) and call "
+                "learner.reset()."
+            )
+        return verdict == "same"
+
+    def _guard_plan(self, layer: Any, current: Tensor, prev: tuple[Tensor, ...]) -> None:
+        """Plan again at a new sequence if parameters, dtype, device or shape changed; refuse
+        a change of parameters within one (the others are refused by ``Layer.check``)."""
+        if not layer.bound:
+            return
+        changed = layer.changed_parameters()
+        if not changed:
+            moved = layer.dtype is not None and (
+                (current.dtype, current.device, prev[0].shape[1:])
+                != (layer.dtype, layer.device, layer.neuron_shape)
+            )
+            if moved and not layer.has_traces:
+                self._unbind(layer)
+            return
+        if layer.has_traces:
+            raise StateError(
+                f"{_where(layer)}: {', '.join(changed)} was replaced or had its "
+                "requires_grad changed in the middle of a sequence; the eligibility traces "
+                "were built for the parameters of the sequence's first step. Replace or "
+                "(un)freeze parameters between sequences, after learner.reset()."
+            )
+        self._unbind(layer)
+
+    def _unbind(self, layer: Any) -> None:
+        for table in (self._fused, self._feeds):
+            for module in [m for m, owner in table.items() if owner is layer]:
+                del table[module]
+        self._names = None
+        layer.unbind()
