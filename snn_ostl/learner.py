@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +42,7 @@ __all__ = ["LEARNING_SIGNALS", "OSTL", "VARIANTS", "is_attached"]
 VARIANTS = ("ostl", "ostl-no-h", "eprop")
 LEARNING_SIGNALS = ("backprop", "random", "direct")
 
+
 # module -> learner, for every module of every attached model (weak: never keeps a model alive).
 class _Inert:
     """What a deep copy of an attached model holds in place of the learner.
@@ -49,9 +51,9 @@ class _Inert:
     no module of its own, every hook returns at once.
     """
 
-    _synapse_paths: dict = {}
-    _chain_paths: dict = {}
-    _saving: dict = {}
+    _synapse_paths: ClassVar[dict] = {}
+    _chain_paths: ClassVar[dict] = {}
+    _saving: ClassVar[dict] = {}
     _attached = False
 
 
@@ -71,16 +73,47 @@ def _detached(output: Any) -> Any:
     return output
 
 
-def _flush_hook(learner: OSTL) -> Callable[..., None]:
-    """An optimizer step pre-hook that flushes ``learner`` (held weakly: never keeps it alive)."""
-    ref = weakref.ref(learner)
+#: Learners with ``flush_every > 1``; one process-wide optimizer pre-hook serves them all, so
+#: that attaching or detaching in one thread never changes torch's hook table while another
+#: thread's optimizer walks it.
+_FLUSHED: weakref.WeakSet[OSTL] = weakref.WeakSet()
+_FLUSHED_LOCK = threading.Lock()
+_FLUSH_HOOK: list[Any] = []
 
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        alive = ref()
-        if alive is not None and alive.attached:
-            alive.flush()
 
-    return hook
+def _flush_before_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Flush the learners whose parameters ``optimizer`` updates (and no other)."""
+    with _FLUSHED_LOCK:
+        learners = list(_FLUSHED)
+    if not learners:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for learner in learners:
+        # another model's step (another learner, possibly in another thread) must not flush
+        # this one mid-step
+        if learner.attached and any(
+            id(g.param) in held for layer in learner.layers.values() for g in layer.groups
+        ):
+            learner.flush()
+
+
+def _flush_on_optimizer_steps(learner: OSTL) -> None:
+    with _FLUSHED_LOCK:
+        if not _FLUSH_HOOK:
+            _FLUSH_HOOK.append(register_optimizer_step_pre_hook(_flush_before_step))
+        _FLUSHED.add(learner)
+
+
+def _stop_flushing(learner: OSTL) -> None:
+    with _FLUSHED_LOCK:
+        _FLUSHED.discard(learner)
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` is the wrapper ``torch.compile`` returns for a module."""
+    return type(model).__name__ == "OptimizedModule" and isinstance(
+        getattr(model, "_orig_mod", None), nn.Module
+    )
 
 
 def is_attached(model: nn.Module) -> bool:
@@ -158,6 +191,10 @@ class OSTL(ForwardHooks):
                 "steps >= 1 (1 adds every history term to .grad in that step's backward)."
             )
         _check_choice("learning_signal", learning_signal, LEARNING_SIGNALS)
+        # torch.compile(model) wraps the model; its compiled forward still calls the modules
+        # of the original one, whose hooks (run eagerly, outside the compiled graphs) hold the
+        # learner: attach to those
+        model = getattr(model, "_orig_mod", model) if _is_compiled(model) else model
         if is_attached(model):
             raise AlreadyAttachedError(
                 f"an OSTL learner is already attached to this {type(model).__name__} (or to one "
@@ -221,27 +258,34 @@ class OSTL(ForwardHooks):
         self._handles: list[Any] = []
         self._attached = True
         self.signals = FeedbackSignals(learning_signal, seed)
+        # torch.compiler.disable: a compiled forward runs the hooks eagerly, between its
+        # graphs (tracing them would bake one step's bookkeeping into the graph)
+        eager = torch.compiler.disable
         for layer in self.layers.values():
             self._handles.append(
-                layer.module.register_forward_pre_hook(self._make_pre(layer), with_kwargs=True)
+                layer.module.register_forward_pre_hook(
+                    eager(self._make_pre(layer)), with_kwargs=True
+                )
             )
             self._handles.append(
                 # always_call: the post-hook also undoes the pre-hook when forward raises
                 layer.module.register_forward_hook(
-                    self._make_post(layer), with_kwargs=True, always_call=True
+                    eager(self._make_post(layer)), with_kwargs=True, always_call=True
                 )
             )
         for module in self._synapse_paths:
-            self._handles.append(module.register_forward_pre_hook(self._synapse_pre))
-            self._handles.append(module.register_forward_hook(self._synapse_post, always_call=True))
+            self._handles.append(module.register_forward_pre_hook(eager(self._synapse_pre)))
+            self._handles.append(
+                module.register_forward_hook(eager(self._synapse_post), always_call=True)
+            )
         self._chain_paths = {m: p for p, m in plan.chain_modules.items()}
         for module in self._chain_paths:  # only to know which ran before which layer
-            self._handles.append(module.register_forward_pre_hook(self._chain_module_pre))
+            self._handles.append(module.register_forward_pre_hook(eager(self._chain_module_pre)))
         if learning_signal == "direct":
-            self._handles.append(model.register_forward_hook(self._model_post))
+            self._handles.append(model.register_forward_hook(eager(self._model_post)))
         if flush_every > 1:
             # every optimizer, so that no step ever reads a .grad that still lacks terms
-            self._handles.append(register_optimizer_step_pre_hook(_flush_hook(self)))
+            _flush_on_optimizer_steps(self)
         for module in model.modules():
             _ATTACHED[module] = self
 
@@ -282,6 +326,7 @@ class OSTL(ForwardHooks):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        _stop_flushing(self)
         for module in list(_ATTACHED):
             if _ATTACHED.get(module) is self:
                 del _ATTACHED[module]

@@ -41,7 +41,7 @@ class LayerGuards:
 
     _last_state: tuple[tuple[Tensor, int], ...] | None = None
     _watch: tuple[tuple[int, bool], ...] | None = None
-    _watched: list[tuple[str, nn.Module]] = []
+    _watched: tuple[tuple[str, nn.Module], ...] = ()
 
     def record_state(self, new: tuple[Tensor, ...]) -> None:
         """Remember the state the layer produced (an alias without graph, and its version)."""
@@ -70,7 +70,7 @@ class LayerGuards:
 
     def watch(self, modules: list[tuple[str, nn.Module]]) -> None:
         """Fix which modules' parameters the traces were planned for (at binding)."""
-        self._watched = modules
+        self._watched = tuple(modules)
         self._watch = self._watch_key()
 
     def _watch_key(self) -> tuple[tuple[int, bool], ...]:
@@ -108,7 +108,7 @@ class LayerGuards:
         self._fb_settled = False
         self._fb_first = None
         self.neuron_shape = self.dtype = self.device = None
-        self._watch, self._watched = None, []
+        self._watch, self._watched = None, ()
         self._last_state = None
         self.fused_ran = False  # the new plan's first step starts its own filtered input
 
@@ -149,11 +149,13 @@ class StepGuards:
         if verdict == "foreign":
             layer.check(tuple(prev), current)  # a new shape, dtype or device says more
             raise StateError(
-                f"{_where(layer)}: the state it received was computed from the state it "
-                "returned at its previous step by an operation of the model's own (it has a "
-                "gradient), which the eligibility traces do not follow. Pass the state back "
-                "unchanged, or detach it (a new sequence starts from it) and call "
-                "learner.reset()."
+                f"{_where(layer)}: the state it received is not the one it returned at its "
+                "previous call, and it carries a gradient from elsewhere: an operation of the "
+                "model's own on the returned state, or a second sequence through the same "
+                "module (one neuron module stepped for two streams). The eligibility traces "
+                "follow one sequence per module. Pass the returned state back unchanged, give "
+                "each stream its own module, or detach the state to start a new sequence "
+                "from it."
             )
         return verdict == "same"
 

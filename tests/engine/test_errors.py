@@ -124,7 +124,6 @@ def test_wrong_state_shape_names_the_module():
             cell(x, bad)
 
 
-
 def test_dtype_change_mid_sequence_names_the_module():
     net = StackNet([8, 6])
     x, _ = data()
