@@ -162,6 +162,8 @@ class ForwardHooks(StepGuards):
             layer.step = None
             return None
         self._guard_call(layer, module)
+        if not self._distributed_checked:
+            self._check_distributed(layer, module)
         try:
             current = adapter.current(module, args, kwargs)
             prev = adapter.read_state(module, args, kwargs)

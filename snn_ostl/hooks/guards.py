@@ -26,6 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from snn_ostl.errors import ConfigurationError, Problem, StateError
+from snn_ostl.hooks.distributed import (
+    average_across_ranks,
+    find_ddp,
+    refuse_without_ddp,
+    running_distributed,
+)
 
 __all__ = ["LayerGuards", "StepGuards"]
 
@@ -140,6 +146,21 @@ class StepGuards:
                         )
                     ]
                 )
+
+    _distributed_checked = False
+
+    def _check_distributed(self, layer: Any, module: nn.Module) -> None:
+        """At the first step: find DDP when several ranks run and windows flush later."""
+        self._distributed_checked = True
+        if self.flush_every == 1 or not running_distributed():
+            return
+        ddp = find_ddp(self.model)
+        if ddp is None:
+            self._distributed_checked = False  # refused at every step until it is fixed
+            raise refuse_without_ddp(layer.path, module)
+        reduce = average_across_ranks(ddp)
+        for each in self.layers.values():
+            each.grad_reduce = reduce
 
     def _guard_state(self, layer: Any, prev: tuple[Tensor, ...] | None, current: Tensor) -> bool:
         """Whether the layer continues its sequence (False: it starts again from ``prev``)."""

@@ -26,6 +26,9 @@ __all__ = ["TraceUpdates"]
 class TraceUpdates:
     """The trace-update methods of :class:`snn_ostl.hooks.layer.Layer` (no state of their own)."""
 
+    #: Averages a window's flushed terms across ranks (see snn_ostl.hooks.distributed).
+    grad_reduce = None
+
     def _derivatives(self, step: StepRecord) -> ElementwiseDerivatives:
         adapter = self.adapter
         assert isinstance(adapter, ElementwiseAdapter)
@@ -86,6 +89,7 @@ class TraceUpdates:
                                 self.path,
                                 g.pool,
                             )
+                            g.window.reduce = self.grad_reduce
                         g.window.push(plan)
                         g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]
                     elif any(old[k] is None for k in plan.rows):  # first step: nothing to fuse

@@ -399,14 +399,32 @@ class Window:
                 return self.spares.pop(i)
         return None
 
+    #: Averages a flushed term across ranks (distributed data parallel), or None.
+    reduce = None
+
     def _accumulate(self, grad: Tensor) -> None:
         grad = grad.reshape(self.param.shape).to(self.param.dtype)
+        if self.reduce is not None:
+            self._accumulate_reduced(self.reduce(grad))
+            return
         # Through autograd, like every other gradient: the parameter's hooks see it (Norse's
         # recurrent cells zero their autapses' gradient in one) before it lands in .grad. A
         # scalar root (∂(θ·G)/∂θ = G exactly): an explicit grad_tensors argument would make
         # torch import its symbolic-shape checker (sympy), 35 MB, on first use.
         with torch.enable_grad():
             (self.param * grad).sum().backward()
+
+    def _accumulate_reduced(self, grad: Tensor) -> None:
+        """Add an averaged term to ``.grad`` through the parameter's hooks, without a backward
+        pass (which DDP's reducer would count as a step of its own)."""
+        for hook in (getattr(self.param, "_backward_hooks", None) or {}).values():
+            out = hook(grad)
+            grad = grad if out is None else out
+        with torch.no_grad():
+            if self.param.grad is None:
+                self.param.grad = grad.clone()
+            else:
+                self.param.grad.add_(grad)
 
     def zero(self) -> Tensor:
         """What a step's backward returns for the weight: zeros, since hooks expect a tensor."""
