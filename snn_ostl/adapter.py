@@ -133,6 +133,9 @@ class CellAdapter:
         """The input of the call: a_t (or x_t for modules with internal synapses)."""
         return args[0] if args else next(iter(kwargs.values()))
 
+    def restore_state(self, module: nn.Module, state: tuple[Tensor, ...]) -> None:
+        """Put back a state the module keeps on itself (a checkpoint's); others do nothing."""
+
     def reset(self, module: nn.Module) -> None:
         """Forget any state the module keeps on itself (per module, never process-wide)."""
 

@@ -311,6 +311,49 @@ class OSTL(ForwardHooks):
         for layer in self.layers.values():
             layer.flush()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step's gradient needs besides the model's own parameters.
+
+        Save it between steps, after the last step's backward pass: every layer's traces,
+        the fixed random feedback matrices and the state each layer returned last (which the
+        learner puts back on modules that keep their state on themselves, such as snnTorch
+        neurons with ``init_hidden=True``). With ``flush_every > 1`` the open windows are
+        flushed first (their terms reach ``.grad`` now rather than at the next flush). A layer
+        with recurrence written in the forward cannot be saved mid-sequence.
+
+        Example::
+
+            torch.save({"model": model.state_dict(), "learner": learner.state_dict(),
+                        "state": mem}, "ckpt.pt")
+            # later, in a fresh process, after building model and learner the same way:
+            saved = torch.load("ckpt.pt")
+            model.load_state_dict(saved["model"])
+            learner.load_state_dict(saved["learner"])
+            mem = saved["state"]  # explicit-state models: the user's own state tensors
+
+        Returns:
+            A dict of tensors and plain values for ``torch.save``.
+        """
+        from snn_ostl.checkpoint import save
+
+        self._check_attached()
+        return save(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the sequence a :meth:`state_dict` was saved in.
+
+        Load the model's parameters first. The next step must receive the state that was
+        saved with the checkpoint (or start a new sequence: ``reset()`` or a fresh state).
+
+        Raises:
+            ValueError: The checkpoint comes from other options or another model.
+            StateError: The model now trains other parameters than when it was saved.
+        """
+        from snn_ostl.checkpoint import load
+
+        self._check_attached()
+        load(self, state)
+
     def __deepcopy__(self, memo: dict) -> _Inert:
         # ``copy.deepcopy(model)`` copies the model's hooks, and a hook that is a bound method
         # of the learner copies the learner with it. The copy of an attached model is a plain

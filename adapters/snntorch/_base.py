@@ -158,6 +158,11 @@ class _SnnTorchState(CellAdapter):
     def new_state(self, module, args, kwargs, output):
         return tuple(getattr(module, name) for name in self.state_names)
 
+    def restore_state(self, module, state):
+        if module.init_hidden:
+            for name, s in zip(self.state_names, state):
+                setattr(module, name, s)
+
     def reset(self, module):
         """Empty this module's hidden state (snnTorch then starts from zeros of the input's
         shape). Only this module: never ``snntorch.utils.reset`` or the class-level

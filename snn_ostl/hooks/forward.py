@@ -196,6 +196,8 @@ class ForwardHooks(StepGuards):
                 self._bind_chain(layer, block, current)
             else:
                 self._bind(layer, found)
+            if layer.pending_load is not None:
+                self._install_checkpoint(layer, prev)
         elif block is not None:
             layer.check_block(block)
         elif layer.synapse is not None and (found is None or found[0] is not layer.synapse):

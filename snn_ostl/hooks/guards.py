@@ -46,6 +46,8 @@ class LayerGuards:
     """The per-layer half: what the layer's traces were built for."""
 
     _last_state: tuple[tuple[Tensor, int], ...] | None = None
+    #: A checkpoint's traces for a chain-fed layer, put in place once its first step plans it.
+    pending_load: dict | None = None
     _watch: tuple[tuple[int, bool], ...] | None = None
     _watched: tuple[tuple[str, nn.Module], ...] = ()
 
@@ -161,6 +163,9 @@ class StepGuards:
         reduce = average_across_ranks(ddp)
         for each in self.layers.values():
             each.grad_reduce = reduce
+            for g in each.groups:  # windows a checkpoint restored before this first step
+                if g.window is not None:
+                    g.window.reduce = reduce
 
     def _guard_state(self, layer: Any, prev: tuple[Tensor, ...] | None, current: Tensor) -> bool:
         """Whether the layer continues its sequence (False: it starts again from ``prev``)."""
@@ -202,6 +207,19 @@ class StepGuards:
                 "(un)freeze parameters between sequences, after learner.reset()."
             )
         self._unbind(layer)
+
+    def _install_checkpoint(self, layer: Any, prev: tuple[Tensor, ...]) -> None:
+        """A chain-fed layer planned at its first step after ``load_state_dict``."""
+        from snn_ostl.checkpoint import install
+
+        install(layer, layer.pending_load)
+        if layer.continuity(tuple(prev)) != "same":
+            layer.reset()
+            raise StateError(
+                f"{_where(layer)}: the first step after learner.load_state_dict() received a "
+                "state that is not the one saved with the checkpoint. Pass the saved state "
+                "(or, to start a new sequence, call learner.reset() before the step)."
+            )
 
     def _unbind(self, layer: Any) -> None:
         for table in (self._fused, self._feeds):
