@@ -193,7 +193,7 @@ def install(layer: Any, saved: dict[str, Any]) -> None:
         if entry["window"] is not None or (layer.flush_every > 1 and g.form == "per-synapse"):
             states = sorted(set(range(len(g.trace or []))) - g.presynaptic)
             window = Window(g.param, states, g.presynaptic, layer.flush_every, layer.path, g.pool)
-            window.reduce = layer.grad_reduce
+            window.reduce, window.name = layer.grad_reduce, g.name
             if entry["window"] is not None:
                 window.base = {k: t.to(like.device) for k, t in entry["window"].items()}
             g.window = window

@@ -29,6 +29,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from snn_ostl.errors import (
     AlreadyAttachedError,
     Problem,
+    StateError,
     TraceBudgetError,
     UnsupportedModuleError,
 )
@@ -307,7 +308,21 @@ class OSTL(ForwardHooks):
 
         Runs by itself before each ``optimizer.step()``; call it before reading or changing
         ``.grad`` in between (clipping, logging). A no-op with ``flush_every=1``.
+
+        Raises:
+            StateError: ``.grad`` was changed since the last backward pass while terms were
+                waiting (every such weight is checked before any term is added).
         """
+        errors = []
+        for layer in self.layers.values():
+            for g in layer.groups:
+                if g.window is not None and g.window.slots:
+                    try:
+                        g.window.check_grad()
+                    except StateError as err:
+                        errors.append(err)
+        if errors:
+            raise errors[0]
         for layer in self.layers.values():
             layer.flush()
 

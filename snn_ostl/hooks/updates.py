@@ -90,6 +90,7 @@ class TraceUpdates:
                                 g.pool,
                             )
                             g.window.reduce = self.grad_reduce
+                            g.window.name = g.name
                         g.window.push(plan)
                         g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]
                     elif any(old[k] is None for k in plan.rows):  # first step: nothing to fuse

@@ -168,6 +168,33 @@ class Window:
         self._refs: weakref.WeakSet[WindowRef] = weakref.WeakSet()
         self._bytes = 0
         self._zero: Tensor | None = None
+        #: ``.grad`` as the last backward pass left it (identity, version): a flush checks that
+        #: nobody read-modified it since, as clipping or zeroing before the flush would.
+        self._seen: tuple[int, int] | None = None
+        self._watch = param.register_post_accumulate_grad_hook(self._note_grad)
+
+    def _note_grad(self, param: Tensor) -> None:
+        grad = param.grad
+        self._seen = None if grad is None else (id(grad), grad._version)
+
+    def check_grad(self) -> None:
+        """Refuse to add terms to a ``.grad`` the user changed after the last backward pass."""
+        if self.reduce is not None or self._seen is None or self.closed:
+            # DDP writes its average into .grad after the backward itself; a closed window
+            # flushes from inside a later backward, while .grad is being accumulated
+            return
+        grad = self.param.grad
+        if grad is not None and (id(grad), grad._version) == self._seen:
+            return
+        how = "set to None or replaced" if grad is None or id(grad) != self._seen[0] else "changed"
+        self.spoiled = True  # the sequence's gradient is lost: close() lets it go quietly
+        raise StateError(
+            f"{self.where}: the .grad of {self.name} was {how} after the last backward pass "
+            "(gradient clipping, zero_grad, a manual update) while the learner still held "
+            f"history terms for it (flush_every={self.every}); they belong to that gradient. "
+            "Call learner.flush() after the backward pass and before touching .grad (optimizer."
+            "step() flushes by itself)."
+        )
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -248,8 +275,11 @@ class Window:
         skips a fresh allocation of the largest tensor (on a CPU, page faults for every byte of
         it), and a second backward through one of this sequence's steps is refused.
         """
+        if self.spoiled:
+            self.slots.clear()
         self.flush(self.index)
         self.closed = True
+        self._watch.remove()
         if self.base is not None and all(r.ran for r in self._refs):
             self.spares[:] = list(self.base.values())
             self.base = None
@@ -316,11 +346,14 @@ class Window:
             lam, grad_pairs = self._adjoint() if self.slots else ({}, [])
             prop, moves = self._propagator(target) if target > self.index else ({}, {})
             columns = _Columns([*grad_pairs, *(p for pairs in moves.values() for p in pairs)])
+            if self.slots:
+                self.check_grad()
             grad = self._gradient(lam, grad_pairs, columns) if self.slots else None
             if target > self.index:
                 self._advance(prop, moves, columns)
             if grad is not None:
                 self._accumulate(grad)
+                self._note_grad(self.param)
         self.slots.clear()
         self.inputs = {s: v for s, v in self.inputs.items() if s >= target}
         del self.plans[: target - self.index]
@@ -401,6 +434,10 @@ class Window:
 
     #: Averages a flushed term across ranks (distributed data parallel), or None.
     reduce = None
+    #: The weight's qualified name, for messages.
+    name = "its synapse weight"
+    #: A flush was refused because .grad was changed under it (see check_grad).
+    spoiled = False
 
     def _accumulate(self, grad: Tensor) -> None:
         grad = grad.reshape(self.param.shape).to(self.param.dtype)

@@ -423,3 +423,43 @@ def test_torch_compile_before_or_after_attaching_is_exact(order):
     grads = _grads(model)
     model.zero_grad(set_to_none=True)
     _assert_exact(grads, _oracle(model, run(model)))
+
+
+# ------------------------------------------------------------------------ .grad between flushes
+@pytest.mark.parametrize("touch", ["clip", "zero_grad", "manual-update"])
+def test_touching_grad_before_the_flush_is_refused(touch):
+    """With flush_every > 1 some history terms wait for a flush; clipping or zeroing .grad
+    before it would cut them off the gradient they belong to."""
+    net = NorseMLP()
+    x, y = _data(torch.float64)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    with snn_ostl.OSTL(net, flush_every=4):
+        losses = _run(net, x, y)()
+        for _ in range(3):
+            next(losses).backward()
+        if touch == "clip":
+            nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+        elif touch == "zero_grad":
+            optimizer.zero_grad()
+        else:
+            with torch.no_grad():
+                net.fc1.weight.grad.mul_(0.5)
+        with pytest.raises(snn_ostl.StateError, match=r"lif1: the \.grad of fc1\.weight"):
+            optimizer.step()
+
+
+def test_clipping_after_learner_flush_is_exact():
+    net = NorseMLP()
+    x, y = _data(torch.float64)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    with snn_ostl.OSTL(net, flush_every=4) as learner:
+        for loss in _run(net, x, y)():
+            loss.backward()
+        learner.flush()
+        nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+        optimizer.step()
+    grads = _grads(net)
+    reference = _oracle(net, _run(net, x, y))
+    total = torch.cat([g.flatten() for g in reference.values()]).norm()
+    clipped = {n: g * (0.1 / (total + 1e-6)) for n, g in reference.items()}
+    _assert_exact(grads, clipped, torch.float64)
