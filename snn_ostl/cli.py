@@ -116,7 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--framework", choices=("snntorch", "native", "norse"), default="snntorch")
     demo.add_argument("--epochs", type=_positive)
     _run_options(demo)
-    _common(subs.add_parser("train", help="train a task with one learner"), LEARNERS)
+    train = subs.add_parser("train", help="train a task with one learner")
+    _common(train, LEARNERS)
+    train.add_argument(
+        "--nproc",
+        type=_positive,
+        default=1,
+        help="data-parallel processes on this machine (DistributedDataParallel over gloo; "
+        "OSTL learners, CPU; default 1)",
+    )
     compare = subs.add_parser("compare", help="OSTL beside BPTT (and TBPTT) from one seed")
     _common(compare, ONLINE_LEARNERS)
     compare.add_argument(
@@ -165,6 +173,8 @@ def _spec(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: 
         )
     import torch
 
+    from snn_ostl.tasks.parallel import is_main
+
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("argument --device: cuda was asked for but CUDA is not available here")
     torch.set_num_threads(args.threads)
@@ -189,8 +199,8 @@ def _spec(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: 
         cell,
         seed=args.seed,
         device=args.device,
-        progress=not args.quiet,
-        verbose=not args.quiet,
+        progress=not args.quiet and is_main(),
+        verbose=not args.quiet and is_main(),
         max_batches=getattr(args, "max_batches", None),
     )
 
@@ -263,6 +273,31 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _parallel(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]):
+    """Start ``--nproc`` processes (or join torchrun's); None when this process trains."""
+    from snn_ostl.tasks import parallel
+
+    if args.nproc > 1 or parallel.join_from_environment():
+        if args.learner not in ONLINE_LEARNERS:
+            parser.error(
+                f"argument --nproc: data-parallel training runs the OSTL learners "
+                f"({', '.join(ONLINE_LEARNERS)}), not {args.learner!r}"
+            )
+        if args.device != "cpu":
+            parser.error("argument --nproc: the processes communicate over gloo on the CPU")
+    if args.nproc <= 1:
+        return None
+    rest, skip = [], False
+    for item in argv:  # each process runs the same command without --nproc
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    return parallel.launch(args.nproc, main, rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argument errors raise SystemExit(2))."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -279,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from snn_ostl.errors import UnsupportedModuleError
 
     threads = torch.get_num_threads()
+    if args.command == "train":
+        launched = _parallel(parser, args, argv)
+        if launched is not None:
+            return launched
     try:
         return _run(parser, args)
     except DataUnavailableError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from snn_ostl.tasks import parallel
 from snn_ostl.tasks.base import Task
 from snn_ostl.tasks.report import make_run_dir, plot_curves, plot_gradient_errors, write_metrics
 from snn_ostl.tasks.runner import RunSpec, build_model, fit, format_metric, gradient_agreement
@@ -45,6 +46,8 @@ def train_command(spec: RunSpec, method: Method, update: str, out: str | None) -
     _header(spec, data, model_line)
     spec.say(f"learner: {method.label}, update: {update}")
     history = fit(spec, data, method)
+    if not parallel.is_main():  # process 0 writes the run folder
+        return {"history": history}
     run_dir = make_run_dir(out, task.name, method.label)
     title = f"{task.name}: {model_line}"
     plot_curves({method.label: history}, metric, run_dir / "curves.png", title)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from snn_ostl.tasks import parallel
 from snn_ostl.tasks.base import Task, TaskData
 from snn_ostl.tasks.training import Method, evaluate, sequence_run, train_batch
 
@@ -85,6 +86,8 @@ def fit(spec: RunSpec, data: TaskData, method: Method) -> dict[str, list]:
     objective = spec.task.objective
     model = build_model(spec, data)
     learner = method.attach(model)
+    runner = parallel.wrap(model)  # DDP when several processes train (train --nproc)
+    share, part = parallel.world(), parallel.rank()
     optimizer = spec.task.optimizer(model, spec.config)
     constrain = getattr(model, "constrain", None)
     metric = objective.main_metric
@@ -96,6 +99,7 @@ def fit(spec: RunSpec, data: TaskData, method: Method) -> dict[str, list]:
     total = data.train_batches
     if spec.max_batches:
         total = min(total, spec.max_batches)
+    usable = total // share * share  # the same number of batches in every process
     try:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
@@ -109,11 +113,13 @@ def fit(spec: RunSpec, data: TaskData, method: Method) -> dict[str, list]:
                 file=sys.stderr,
             )
             for i, batch in enumerate(bar):
-                if spec.max_batches and i >= spec.max_batches:
+                if i >= usable:
                     break
+                if i % share != part:  # every process takes its own batches
+                    continue
                 batch = batch.to(spec.device)
                 losses.append(
-                    train_batch(model, batch, objective, method, optimizer, learner, constrain)
+                    train_batch(runner, batch, objective, method, optimizer, learner, constrain)
                 )
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             bar.close()

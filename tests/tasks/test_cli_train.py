@@ -149,3 +149,20 @@ def test_same_seed_same_run(tmp_path):
         runs.append(json.loads((out / "metrics.json").read_text())["history"])
     for key in ("train_loss", "accuracy", "loss"):
         assert runs[0][key] == runs[1][key]
+
+
+def test_train_on_two_processes_writes_one_run_folder(tmp_path, capsys):
+    """`--nproc 2`: two data-parallel processes (gloo on 127.0.0.1); process 0 reports."""
+    out = tmp_path / "run"
+    argv = ["train", "--task", "digits", "--tiny", "--nproc", "2", "--update", "step"]
+    assert main([*argv, "--flush-every", "2", "--out", str(out), "--quiet"]) == 0
+    metrics = check_run(out, "accuracy")
+    assert len(metrics["history"]["epoch"]) == metrics["config"]["epochs"] + 1
+    assert metrics["history"]["train_loss"][-1] > 0  # process 0 trained on its batches
+
+
+def test_two_processes_need_an_online_learner(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--task", "digits", "--tiny", "--nproc", "2", "--learner", "bptt"])
+    assert info.value.code == 2
+    assert "--nproc" in capsys.readouterr().err
