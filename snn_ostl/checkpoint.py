@@ -100,7 +100,7 @@ def layer_state(layer: Any) -> dict[str, Any]:
         "derived": _pack_derived(layer.derived),
         "last_state": None
         if layer._last_state is None
-        else [a.clone() for a, _version in layer._last_state],
+        else [a.clone() for a, _version, _graph in layer._last_state],
         "groups": groups,
     }
 
@@ -207,6 +207,6 @@ def install(layer: Any, saved: dict[str, Any]) -> None:
     layer.derived = {k: (j, _unpack(d, like)) for k, (j, d) in saved["derived"].items()}
     if saved["last_state"] is not None:
         layer._last_state = tuple(
-            (s, s._version) for s in (_unpack(t, like) for t in saved["last_state"])
+            (s, s._version, False) for s in (_unpack(t, like) for t in saved["last_state"])
         )
     layer.has_traces = True

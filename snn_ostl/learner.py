@@ -74,6 +74,14 @@ def _detached(output: Any) -> Any:
     return output
 
 
+def _tensors(output: Any) -> list[Tensor]:
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _tensors(o)]
+    return []
+
+
 #: Learners with ``flush_every > 1``; one process-wide optimizer pre-hook serves them all, so
 #: that attaching or detaching in one thread never changes torch's hook table while another
 #: thread's optimizer walks it.
@@ -426,7 +434,10 @@ class OSTL(ForwardHooks):
             loss = loss_fn(output, next(steps))
             if loss is not None:
                 loss.backward()
-            return _detached(output)
+            detached = _detached(output)
+            for t in _tensors(detached):  # the model's loop passes them back: not a restart
+                self._sanctioned.add(t)
+            return detached
 
         handle = module.register_forward_hook(hook)
         try:

@@ -120,6 +120,11 @@ class _SnnTorchState(CellAdapter):
             if not isinstance(s, Tensor) or s.numel() == 0:
                 found.append(None)
                 continue
+            if s.shape != shape and s.grad_fn is None:
+                # a constant of another shape (init_leaky() of an earlier batch size): snnTorch
+                # starts from zeros of the input's shape, and so does the learner
+                found.append(None)
+                continue
             if s.shape != shape:
                 how = (
                     "was passed to it"

@@ -20,6 +20,7 @@ Each costs a few attribute reads per step.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -38,6 +39,19 @@ __all__ = ["LayerGuards", "StepGuards"]
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
+class _Sanctioned:
+    """A weak set of tensors by identity (a WeakSet would compare tensors with ``==``)."""
+
+    def __init__(self) -> None:
+        self._by_id: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+    def add(self, t: Tensor) -> None:
+        self._by_id[id(t)] = t
+
+    def __contains__(self, t: object) -> bool:
+        return self._by_id.get(id(t)) is t
+
+
 def _where(layer: Any) -> str:
     return f"{layer.path or '<root>'} ({type(layer.module).__name__})"
 
@@ -45,36 +59,48 @@ def _where(layer: Any) -> str:
 class LayerGuards:
     """The per-layer half: what the layer's traces were built for."""
 
-    _last_state: tuple[tuple[Tensor, int], ...] | None = None
+    _last_state: tuple[tuple[Tensor, int, bool], ...] | None = None
+    #: learner.reset() ran since the last step: a state with a graph must not continue.
+    _after_reset = False
     #: A checkpoint's traces for a chain-fed layer, put in place once its first step plans it.
     pending_load: dict | None = None
     _watch: tuple[tuple[int, bool], ...] | None = None
     _watched: tuple[tuple[str, nn.Module], ...] = ()
 
     def record_state(self, new: tuple[Tensor, ...]) -> None:
-        """Remember the state the layer produced (an alias without graph, and its version)."""
-        self._last_state = tuple((t.detach(), t._version) for t in new)
+        """Remember the state the layer produced (an alias without graph, its version, and
+        whether it carried a graph)."""
+        self._last_state = tuple((t.detach(), t._version, t.grad_fn is not None) for t in new)
+        self._after_reset = False
 
-    def continuity(self, prev: tuple[Tensor, ...]) -> str:
-        """``"same"``, ``"fresh"`` (a constant state: start again) or ``"foreign"``."""
+    def continuity(self, prev: tuple[Tensor, ...], sanctioned: Any = ()) -> str:
+        """``"same"``, ``"fresh"`` (a constant state: start again) or ``"foreign"``.
+
+        A constant state restarts the traces even when its values are the ones returned (a
+        ``.detach()`` of them, or a step under ``no_grad`` that happens to land there): BPTT's
+        gradient stops at a constant. Tensors the learner itself detached (``backward_at``)
+        continue.
+        """
         last = self._last_state
         if last is None:
             return "fresh"
-        if len(last) == len(prev) and all(
-            t.data_ptr() == a.data_ptr()
-            and t._version == v
-            and t.shape == a.shape
-            and t.stride() == a.stride()
-            for t, (a, v) in zip(prev, last)
-        ):
-            return "same"
-        if any(t.grad_fn is not None for t in prev):
-            return "foreign"
-        if len(last) == len(prev) and all(
-            t.shape == a.shape and torch.equal(t, a) for t, (a, _v) in zip(prev, last)
-        ):
-            return "same"  # a detached or cloned copy of it: the learner detaches it anyway
-        return "fresh"
+        if len(last) != len(prev):
+            return "foreign" if any(t.grad_fn is not None for t in prev) else "fresh"
+        verdict = "same"
+        for t, (a, version, graph) in zip(prev, last):
+            stored = (
+                t.data_ptr() == a.data_ptr()
+                and t._version == version
+                and t.shape == a.shape
+                and t.stride() == a.stride()
+            )
+            if stored and (t.grad_fn is not None or not graph or t in sanctioned):
+                continue
+            if t.grad_fn is not None:
+                return "foreign"
+            if graph or not (t.shape == a.shape and torch.equal(t, a)):
+                verdict = "fresh"  # (a saved checkpoint's state has no graph: equal values)
+        return verdict
 
     def watch(self, modules: list[tuple[str, nn.Module]]) -> None:
         """Fix which modules' parameters the traces were planned for (at binding)."""
@@ -171,7 +197,14 @@ class StepGuards:
         """Whether the layer continues its sequence (False: it starts again from ``prev``)."""
         if prev is None or not layer.bound:
             return False
-        verdict = layer.continuity(tuple(prev))
+        verdict = layer.continuity(tuple(prev), self._sanctioned)
+        if verdict == "same" and layer._after_reset and any(t.grad_fn is not None for t in prev):
+            raise StateError(
+                f"{_where(layer)}: learner.reset() started a new sequence, but the layer "
+                "received the state it returned before, with its graph: the sequence goes on. "
+                "Pass a fresh state (or state.detach(), to start the new sequence from its "
+                "values), or do not call reset() to continue the sequence."
+            )
         if verdict == "foreign":
             layer.check(tuple(prev), current)  # a new shape, dtype or device says more
             raise StateError(
@@ -208,12 +241,17 @@ class StepGuards:
             )
         self._unbind(layer)
 
+    @property
+    def _sanctioned(self) -> Any:
+        """States the learner itself detached (``backward_at``): they continue the sequence."""
+        return self.__dict__.setdefault("_detached_by_learner", _Sanctioned())
+
     def _install_checkpoint(self, layer: Any, prev: tuple[Tensor, ...]) -> None:
         """A chain-fed layer planned at its first step after ``load_state_dict``."""
         from snn_ostl.checkpoint import install
 
         install(layer, layer.pending_load)
-        if layer.continuity(tuple(prev)) != "same":
+        if layer.continuity(tuple(prev), self._sanctioned) != "same":
             layer.reset()
             raise StateError(
                 f"{_where(layer)}: the first step after learner.load_state_dict() received a "

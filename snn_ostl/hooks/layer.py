@@ -285,13 +285,15 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer, LayerGuards):
         """Forget traces and the batch size (a new sequence starts)."""
         self.flush(close=True)
         self.void_fed_back()
+        self._after_reset = self._last_state is not None
         for g in self.groups:
             if g.fused and getattr(self, "fused_ran", False) and g.trace:
                 # The synapse already ran this step and saved x̃_t (and the bias's scale) for
                 # its backward, built on the old sequence: restart them in place, in the very
                 # tensors it saved.
                 if g.role == "weight":
-                    g.trace[0].copy_(self._fused_x)
+                    if g.trace[0].data_ptr() != self._fused_x.data_ptr():  # (x̃ is x already)
+                        g.trace[0].copy_(self._fused_x)
                 else:
                     g.trace = [1.0]
                     if self._bias_scale is not None:

@@ -441,8 +441,10 @@ class Window:
 
     def _accumulate(self, grad: Tensor) -> None:
         grad = grad.reshape(self.param.shape).to(self.param.dtype)
-        if self.reduce is not None:
-            self._accumulate_reduced(self.reduce(grad))
+        if self.reduce is not None or not self.param.requires_grad:
+            # averaged over ranks, or a weight frozen since these steps ran (their terms
+            # still belong to .grad, as with flush_every=1 they would be there already)
+            self._accumulate_reduced(grad if self.reduce is None else self.reduce(grad))
             return
         # Through autograd, like every other gradient: the parameter's hooks see it (Norse's
         # recurrent cells zero their autapses' gradient in one) before it lands in .grad. A

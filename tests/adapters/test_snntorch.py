@@ -470,12 +470,26 @@ def test_reset_is_per_model():
 
 
 def test_passed_state_of_another_shape_is_refused_with_the_module_path():
+    """A state with a graph that does not fit the input: snnTorch would drop it silently."""
     model = nn.Sequential(OrderedDict(fc=nn.Linear(N_IN, N), lif=snn.Leaky(beta=0.9)))
     with snn_ostl.OSTL(model) as learner:
         learner.reset()
+        _, mem = model.lif(model.fc(torch.rand(B + 1, N_IN)), torch.zeros(B + 1, N))
         cur = model.fc(torch.rand(B, N_IN))
         with pytest.raises(snn_ostl.StateError, match=r"lif \(Leaky\).*shape"):
-            model.lif(cur, torch.zeros(B + 1, N))
+            model.lif(cur, mem)
+
+
+def test_a_constant_state_of_another_shape_starts_from_zeros_as_in_snntorch():
+    """``init_leaky()`` of an earlier batch size: snnTorch restarts from zeros, so does OSTL."""
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(N_IN, N), lif=snn.Leaky(beta=0.9)))
+    x = torch.rand(B, N_IN)
+    plain_spk, plain_mem = model.lif(model.fc(x), torch.zeros(B + 1, N))
+    with snn_ostl.OSTL(model) as learner:
+        learner.reset()
+        spk, mem = model.lif(model.fc(x), torch.zeros(B + 1, N))
+    torch.testing.assert_close(mem, plain_mem, rtol=0, atol=0)
+    torch.testing.assert_close(spk, plain_spk, rtol=0, atol=0)
 
 
 def test_kept_state_of_an_old_batch_is_refused_until_reset():
