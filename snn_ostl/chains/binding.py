@@ -25,7 +25,7 @@ from snn_ostl.chains.tangents import (
     weight_channel_axis,
 )
 from snn_ostl.chains.walk import Block
-from snn_ostl.errors import ConfigurationError, Problem, StateError
+from snn_ostl.errors import StateError
 from snn_ostl.traces.groups import TraceGroup
 
 __all__ = ["ChainLayer"]
@@ -44,20 +44,6 @@ class ChainLayer:
 
     def bind_chain(self, block: Block, current: Tensor) -> None:
         """Fix the trace groups of a layer fed through ``block`` (at its first step)."""
-        if self.recurrent:
-            raise ConfigurationError(
-                [
-                    Problem(
-                        self.path,
-                        type(self.module).__name__,
-                        f"its current comes through {block.describe()} and it has recurrent "
-                        "weights of its own; eligibility traces for both at once are not "
-                        "implemented.",
-                        "feed it from one Linear/Conv directly, use variant='ostl-no-h', or "
-                        "use the non-recurrent version of the neuron.",
-                    )
-                ]
-            )
         self.bind(None, None)  # the neuron's own parameters and internal synapses
         leaves = [u.output for u in block.synapses] + list(block.params.values())
         if not leaves:  # nothing trained feeds the current (an input passed straight in)
@@ -68,7 +54,8 @@ class ChainLayer:
         linear = Linearised(current, leaves)
         # an operation whose channel map may change from step to step: every entry its own
         # direction (exact whatever it does)
-        dynamic = any(op not in STATIC_CHANNELS for op in block.ops)
+        # (a layer with recurrent weights of its own mixes neurons at every step: the same)
+        dynamic = self.recurrent or any(op not in STATIC_CHANNELS for op in block.ops)
         generator = torch.Generator().manual_seed(0)
         n_shape = current.shape[1:]
         through = block.describe()
@@ -124,6 +111,25 @@ class ChainLayer:
     def _chain_group(self, name: str, param, role: str, chain: CT.ChainRole) -> TraceGroup:
         form = "full-jacobian" if chain.cmap.dense else "per-synapse"
         return TraceGroup(name, param, role, form, chain=chain)
+
+    def _advance_mixed(self, g, d, tangent: Tangent, current: Tensor, take) -> list:
+        """A block parameter of a layer with recurrent weights of its own (snnTorch ``RLeaky``
+        fed through a chain): ``e^k_t = Σ_j J[k][j] e^j_{t-1} + c^k (X_t + Σ_H H e^h_{t-1})``
+        with ``H`` each recurrent weight and ``h`` the state it reads (full traces)."""
+        shape = (*current.shape[1:], current.shape[0], g.chain.width)
+        tangent.materialise(take)
+        x = tangent.base if tangent.coef is None else tangent.coef * tangent.base
+        if not isinstance(x, Tensor):
+            x = torch.full(shape, float(x), dtype=current.dtype, device=current.device)
+        x = x.expand(shape)
+        old = g.trace or [None] * d.num_states
+        for s in self._internal():
+            if not isinstance(s.source, int) or old[s.source] is None:
+                continue
+            weight = self.module.get_parameter(s.weight).detach().to(current.dtype)
+            e = old[s.source].expand(shape).reshape(current[0].numel(), -1)  # [N, B * P]
+            x = x + (weight @ e).reshape(shape)
+        return CT.advance(d.state, d.current, old, Tangent(None, x), current, g.chain.width, take)
 
     def check_block(self, block: Block) -> None:
         """Refuse a step whose block differs from the first step's (other synapses or ops)."""
@@ -188,6 +194,9 @@ class ChainLayer:
             take = partial(g.take_shaped, like=current)
             if self.fed_back:
                 g.trace = self.advance_fed_back(g, d, tangent, current, take)
+                continue
+            if self.recurrent:
+                g.trace = self._advance_mixed(g, d, tangent, current, take)
                 continue
             old = g.trace or [None] * d.num_states
             step = None

@@ -156,3 +156,57 @@ def test_feedback_from_a_layer_above_is_refused_under_ostl():
             loss.backward()
     message = str(info.value)
     assert "fb" in message and "ostl-no-h" in message, message
+
+
+# ----------------------------------------------------------------------------- RLeaky behind chains
+class ChainRLeaky(nn.Module):
+    """snnTorch's RLeaky fed through a chain: Conv2d -> max-pooling -> flatten, or Linear ->
+    Dropout. Its recurrent Linear mixes neurons, so the chain's traces are full."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        if conv:
+            self.syn, features = nn.Conv2d(1, 2, 3, padding=1), 2 * 3 * 3
+        else:
+            self.syn, features = nn.Linear(5, 6), 6
+            self.drop = nn.Dropout(0.2)
+        self.lif = snn.RLeaky(beta=0.9, linear_features=features)
+        self.readout = nn.Linear(features, 2)
+        with torch.no_grad():
+            self.syn.weight.mul_(3.0)
+
+    def forward(self, x):
+        spk, mem = self.lif.init_rleaky()
+        for frame in x:
+            if self.conv:
+                current = nn.functional.max_pool2d(self.syn(frame), 2).flatten(1)
+            else:
+                current = self.drop(self.syn(frame))
+            spk, mem = self.lif(current, spk, mem)
+            yield self.readout(mem), spk
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["linear-dropout", "conv-maxpool"])
+def test_rleaky_behind_a_chain_equals_full_bptt(conv):
+    torch.manual_seed(4)
+    net = ChainRLeaky(conv)
+    shape = (T, B, 1, 6, 6) if conv else (T, B, 5)
+    x = torch.rand(shape, generator=seeded(31)) * 2.0
+    y = torch.randn(T, B, 2, generator=seeded(32))
+    rates: list[float] = []
+    torch.manual_seed(5)
+    with snn_ostl.OSTL(net) as learner:
+        for (out, spk), target in zip(net(x), y):
+            rates.append(float(spk.detach().mean()))
+            (out - target).pow(2).sum().backward()
+        summary = str(learner.summary())
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    assert_spiking([sum(rates) / len(rates)], "RLeaky behind a chain")
+    assert "syn.weight" in summary and "full-jacobian" in summary
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    losses = [(out - target).pow(2).sum() for (out, _), target in zip(net(x), y)]
+    torch.stack(losses).sum().backward()
+    errors = compare(grads, {n: p.grad for n, p in net.named_parameters()})
+    assert max(errors.values()) <= TOL[F32], errors
