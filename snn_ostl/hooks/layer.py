@@ -102,6 +102,17 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer, LayerGuards):
         """
         if type(synapse) is nn.Linear:
             return True
+        if type(synapse) is nn.Embedding:
+            # the presynaptic form keeps the filtered rows [B, V] instead of [N, B, V] per
+            # neuron: when the neuron's traces factorise, and the table's gradient is the
+            # plain one (no per-batch frequency scaling, no renormalisation, dense)
+            plain = not (synapse.scale_grad_by_freq or synapse.max_norm or synapse.sparse)
+            return (
+                plain
+                and isinstance(self.adapter, ElementwiseAdapter)
+                and self.adapter.factorised(self.module, self.variant)
+                and not self.recurrent
+            )
         if type(synapse) not in (nn.Conv1d, nn.Conv2d) or not isinstance(
             self.adapter, ElementwiseAdapter
         ):
@@ -182,6 +193,8 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer, LayerGuards):
             # the bias rides on the weight's substitution: with the weight frozen the synapse's
             # pre-hook never runs, so a lone bias keeps its presynaptic trace
             and any(g.role == "weight" and g.source == "input" for g in groups)
+            # an embedding's backward reads its indices, not a tensor x̃ could stand in for
+            and type(synapse) is not nn.Embedding
         ):
             for g in groups:
                 g.fused = g.role in ("weight", "bias") and g.source == "input"

@@ -68,6 +68,8 @@ class TraceUpdates:
                 self._advance_full(g, d, jac, current, step, previous, jacobians)
             elif g.role == "weight":
                 x = self._synapse_input(g.source, step).detach()
+                if g.op is not None and g.op.kind == "embedding":
+                    x = g.op.one_hot(x, step.current.dtype)
                 old = g.trace or [None] * d.num_states
                 if g.form == "presynaptic":
                     g.trace = T.update_presynaptic(jac, current, old, x)

@@ -56,19 +56,35 @@ class SynapseOp:
     padding: tuple[int, ...] | str = (0,)
     dilation: tuple[int, ...] = (1,)
     groups: int = 1
+    #: Embedding: the table's rows V, and the row that takes no gradient (or -1).
+    rows: int = 0
+    padding_idx: int = -1
 
     @classmethod
     def of(cls, module: nn.Module) -> SynapseOp:
-        """The op of an ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` module."""
+        """The op of an ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Embedding``."""
         if isinstance(module, nn.Linear):
             return cls("linear")
+        if isinstance(module, nn.Embedding):
+            pad = -1 if module.padding_idx is None else module.padding_idx
+            return cls("embedding", rows=module.num_embeddings, padding_idx=pad)
         kind = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}[type(module)]
         return cls(kind, module.stride, module.padding, module.dilation, module.groups)
+
+    def one_hot(self, index: Tensor, dtype: torch.dtype) -> Tensor:
+        """An embedding's input as the table's rows selected, ``[*B, V]`` (the padding row
+        left out: it takes no gradient)."""
+        x = F.one_hot(index.long(), self.rows).to(dtype)
+        if self.padding_idx >= 0:
+            x[..., self.padding_idx] = 0
+        return x
 
     def apply(self, x: Tensor, weight: Tensor) -> Tensor:
         """The synapse without bias: ``op(x; W)``."""
         if self.kind == "linear":
             return F.linear(x, weight)
+        if self.kind == "embedding":  # x: the rows selected, [*B, V]
+            return x @ weight
         conv = F.conv1d if self.kind == "conv1d" else F.conv2d
         return conv(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
 
@@ -77,6 +93,9 @@ class SynapseOp:
         if self.kind == "linear":
             g = grad_out.reshape(-1, grad_out.shape[-1])
             return g.transpose(0, 1) @ x.reshape(-1, x.shape[-1])
+        if self.kind == "embedding":  # [V, D]: the filtered rows times the neurons' gradient
+            g = grad_out.reshape(-1, grad_out.shape[-1])
+            return x.reshape(-1, x.shape[-1]).transpose(0, 1) @ g
         fn = torch.nn.grad.conv1d_weight if self.kind == "conv1d" else torch.nn.grad.conv2d_weight
         padding = self.padding
         if isinstance(padding, str):

@@ -564,6 +564,35 @@ def test_embedding_language_model(norse):
     assert owners["embed.weight"] == "lif1" and owners["fc.weight"] == "lif2"
 
 
+def test_embedding_before_leaky_keeps_the_selected_rows_not_a_trace_per_neuron():
+    """snnTorch Leaky's traces factorise: the embedding keeps its filtered rows ``[B, V]``
+    (the presynaptic form) instead of ``[N, B, V]``; its padding row takes no gradient."""
+    torch.manual_seed(7)
+    vocab, d = 50, 8
+    net = SpikingLM(False, vocab=vocab, d=d)
+    net.embed = nn.Embedding(vocab, d, padding_idx=0)
+    _drive(net.fc, 3.0, 0.6)
+    tokens = torch.randint(0, 4, (T + 1, B), generator=seeded(16))  # row 0 comes up often
+    rates = Rates(net.lif1)
+
+    def run():
+        for logits, nxt in zip(net(tokens[:-1]), tokens[1:]):
+            yield F.cross_entropy(logits, nxt)
+
+    with snn_ostl.OSTL(net) as learner:
+        for loss in run():
+            loss.backward()
+        layer = learner.layers["lif1"]
+        (group,) = [g for g in layer.groups if g.name == "embed.weight"]
+        assert group.form == "presynaptic"
+        assert group.trace_bytes() <= B * vocab * 4  # one [B, V] row filter, not N of them
+    net.zero_grad(set_to_none=True)
+    _assert_exact(net, run, F32, lower="embed.")
+    assert_spiking(rates.mean()[:1], "embedding layer")
+    grads, _, _ = _learner_gradients(net, run)
+    assert bool((grads["embed.weight"][0] == 0).all())
+
+
 # ----------------------------------------------------------------------------- 8. hand-written RSNN
 class HandRSNN(nn.Module):
     """The e-prop papers' recurrent network written by hand: the user's loop carries the spikes
