@@ -194,6 +194,7 @@ def install(layer: Any, saved: dict[str, Any]) -> None:
             states = sorted(set(range(len(g.trace or []))) - g.presynaptic)
             window = Window(g.param, states, g.presynaptic, layer.flush_every, layer.path, g.pool)
             window.reduce, window.name = layer.grad_reduce, g.name
+            window.on_refused = layer.on_refused
             if entry["window"] is not None:
                 window.base = {k: t.to(like.device) for k, t in entry["window"].items()}
             g.window = window

@@ -271,6 +271,7 @@ class OSTL(ForwardHooks):
         # graphs (tracing them would bake one step's bookkeeping into the graph)
         eager = torch.compiler.disable
         for layer in self.layers.values():
+            layer.on_refused = self._refused_windows
             self._handles.append(
                 layer.module.register_forward_pre_hook(
                     eager(self._make_pre(layer)), with_kwargs=True
@@ -302,6 +303,7 @@ class OSTL(ForwardHooks):
     def reset(self) -> None:
         """Start a new sequence: zero every trace and the state modules keep on themselves."""
         self._check_attached()
+        refused = self._refused_windows()  # those close below without adding their terms
         for layer in self.layers.values():
             layer.reset()
             layer.adapter.reset(layer.module)
@@ -310,6 +312,8 @@ class OSTL(ForwardHooks):
         self._latest.clear()
         self._recurrent_now.clear()
         self.signals.reset()
+        if refused is not None:
+            raise refused
 
     def flush(self) -> None:
         """Add every recorded per-synapse history term to ``.grad`` now (``flush_every > 1``).
@@ -321,18 +325,24 @@ class OSTL(ForwardHooks):
             StateError: ``.grad`` was changed since the last backward pass while terms were
                 waiting (every such weight is checked before any term is added).
         """
+        refused = self._refused_windows()
+        if refused is not None:
+            raise refused
+        for layer in self.layers.values():
+            layer.flush()
+
+    def _refused_windows(self) -> StateError | None:
+        """Check every window's ``.grad`` before any term is added; the first refusal (every
+        refused window is marked, and lets its terms go when it closes)."""
         errors = []
         for layer in self.layers.values():
             for g in layer.groups:
-                if g.window is not None and g.window.slots:
+                if g.window is not None and g.window.slots and not g.window.spoiled:
                     try:
                         g.window.check_grad()
                     except StateError as err:
                         errors.append(err)
-        if errors:
-            raise errors[0]
-        for layer in self.layers.values():
-            layer.flush()
+        return errors[0] if errors else None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step's gradient needs besides the model's own parameters.
@@ -396,6 +406,7 @@ class OSTL(ForwardHooks):
         for module in list(_ATTACHED):
             if _ATTACHED.get(module) is self:
                 del _ATTACHED[module]
+        refused = self._refused_windows()
         for layer in self.layers.values():
             layer.reset()
         self._recent.clear()
@@ -403,6 +414,8 @@ class OSTL(ForwardHooks):
         self._outputs.clear()
         self._latest.clear()
         self._attached = False
+        if refused is not None:
+            raise refused
 
     @contextlib.contextmanager
     def backward_at(

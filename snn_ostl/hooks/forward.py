@@ -180,12 +180,21 @@ class ForwardHooks(StepGuards):
         inputs: dict[str | int, Tensor] = {}
         owns_input = layer.owns_input_weights
         found, block = None, None
+        # at a new sequence the current may be computed anew: the layer is then planned again
+        replan = layer.bound and not layer.has_traces and layer.pending_load is None
         if owns_input:
             pass
         elif layer.block is not None:  # bound through a chain: walk it at every step
             block = self._walk_block(layer, current)
+            if replan and block.signature() != layer._block_signature:
+                self._unbind(layer)
+                found = self._direct_use(layer, block, current)
+                block = None if found is not None else block
         else:
             found = self._peek_synapse(current)
+            moved = found is None or found[0] is not layer.synapse
+            if replan and layer.synapse is not None and moved:
+                self._unbind(layer)
             direct = found is not None and layer.direct_ok(found[0])
             if not layer.bound and not direct and current.grad_fn is not None:
                 found, block = None, self._walk_block(layer, current)
@@ -240,6 +249,15 @@ class ForwardHooks(StepGuards):
             return None
 
         return hook
+
+    def _direct_use(self, layer: Layer, block: Block, current: Tensor):
+        """``(synapse, input)`` when the block is one synapse whose output is the current."""
+        if len(block.synapses) != 1 or block.params or block.ops:
+            return None
+        use = block.synapses[0]
+        if use.output is not current or not layer.direct_ok(use.module):
+            return None
+        return use.module, use.input
 
     def _record_output(self, layer: Layer, output: Any) -> None:
         """Remember the tensor the layer passes on (its spikes) until its next step."""

@@ -28,6 +28,8 @@ class TraceUpdates:
 
     #: Averages a window's flushed terms across ranks (see snn_ostl.hooks.distributed).
     grad_reduce = None
+    #: The learner's check of all its windows, run when one window refuses its flush.
+    on_refused = None
 
     def _derivatives(self, step: StepRecord) -> ElementwiseDerivatives:
         adapter = self.adapter
@@ -92,6 +94,7 @@ class TraceUpdates:
                                 g.pool,
                             )
                             g.window.reduce = self.grad_reduce
+                            g.window.on_refused = self.on_refused
                             g.window.name = g.name
                         g.window.push(plan)
                         g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]

@@ -174,8 +174,18 @@ class Window:
         self._watch = param.register_post_accumulate_grad_hook(self._note_grad)
 
     def _note_grad(self, param: Tensor) -> None:
+        """After each accumulation into ``.grad``: one accumulation since the last one seen
+        adds 1 to the version of the same tensor; anything else changed ``.grad`` while terms
+        were waiting (zero_grad, clipping, an update) and the next flush is refused."""
         grad = param.grad
-        self._seen = None if grad is None else (id(grad), grad._version)
+        seen, self._seen = self._seen, None if grad is None else (id(grad), grad._version)
+        if seen is None or not self._waiting or self.reduce is not None:
+            self._waiting = bool(self.slots)
+            return
+        accumulated = grad is not None and (id(grad), grad._version) == (seen[0], seen[1] + 1)
+        if not accumulated:
+            self._tampered = True
+        self._waiting = bool(self.slots)
 
     def check_grad(self) -> None:
         """Refuse to add terms to a ``.grad`` the user changed after the last backward pass."""
@@ -184,10 +194,12 @@ class Window:
             # flushes from inside a later backward, while .grad is being accumulated
             return
         grad = self.param.grad
-        if grad is not None and (id(grad), grad._version) == self._seen:
+        if not self._tampered and grad is not None and (id(grad), grad._version) == self._seen:
             return
         how = "set to None or replaced" if grad is None or id(grad) != self._seen[0] else "changed"
         self.spoiled = True  # the sequence's gradient is lost: close() lets it go quietly
+        if self.on_refused is not None:  # the learner checks (and marks) its other windows
+            self.on_refused()
         raise StateError(
             f"{self.where}: the .grad of {self.name} was {how} after the last backward pass "
             "(gradient clipping, zero_grad, a manual update) while the learner still held "
@@ -353,7 +365,12 @@ class Window:
                 self._advance(prop, moves, columns)
             if grad is not None:
                 self._accumulate(grad)
-                self._note_grad(self.param)
+                self._seen = (
+                    None
+                    if self.param.grad is None
+                    else (id(self.param.grad), self.param.grad._version)
+                )
+                self._waiting = self._tampered = False
         self.slots.clear()
         self.inputs = {s: v for s, v in self.inputs.items() if s >= target}
         del self.plans[: target - self.index]
@@ -438,6 +455,12 @@ class Window:
     name = "its synapse weight"
     #: A flush was refused because .grad was changed under it (see check_grad).
     spoiled = False
+    #: Called at a refusal: checks the learner's other windows at once.
+    on_refused = None
+    #: Terms were waiting when ``.grad`` was last seen; it was changed between two backward
+    #: passes while they waited.
+    _waiting = False
+    _tampered = False
 
     def _accumulate(self, grad: Tensor) -> None:
         grad = grad.reshape(self.param.shape).to(self.param.dtype)
