@@ -2,15 +2,18 @@
 Add online learning to an existing snnTorch model
 =================================================
 
-You have an snnTorch network and a training loop that works. This tutorial adds OSTL to it with
-two lines, first for a model that runs its time loop inside ``forward`` (the style of snnTorch's
-own tutorials), then for a model the caller steps one time step at a time, which is the style
-that lets memory stay flat however long the sequence.
+This tutorial shows how to add online learning (OSTL) to an snnTorch network and training loop
+you already have, with two added lines, and how to make the memory of training independent of
+the sequence length.
+
+It does so first for a model that runs its time loop inside ``forward`` (the style of snnTorch's
+own tutorials), then for a model the caller steps one time step at a time.
 
 The data are scikit-learn's 8x8 handwritten digits (1,797 real images that ship with the
 package), turned into spike trains by rate coding.
 """
 
+import matplotlib.pyplot as plt
 import snntorch as snn
 import torch
 from snntorch import spikegen
@@ -185,17 +188,46 @@ def accuracy(model, x_all, y_all):
     return correct / len(x_all)
 
 
-for epoch in range(3):
+EPOCHS = 3
+batch_losses, test_accs = [], []
+for epoch in range(EPOCHS):
     for x, labels in batches(data.x_train, data.y_train):
         learner.reset()
+        batch_loss = 0.0
         for t in range(STEPS):
             _, membrane = stepped(x[t])
-            loss_fn(membrane, labels).backward()
+            loss = loss_fn(membrane, labels)
+            loss.backward()
+            batch_loss += loss.item() / STEPS
         optimizer.step()
         optimizer.zero_grad()
-    test_acc = accuracy(stepped, data.x_test, data.y_test)
-    print(f"epoch {epoch + 1}: test accuracy (most output spikes) {test_acc:.1%}")
+        batch_losses.append(batch_loss)
+    test_accs.append(accuracy(stepped, data.x_test, data.y_test))
+    print(f"epoch {epoch + 1}: test accuracy (most output spikes) {test_accs[-1]:.1%}")
 learner.detach()
+
+# %%
+# The loss of every batch (the mean over its time steps) and the test accuracy after each epoch.
+
+fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+ax_loss.plot(range(1, len(batch_losses) + 1), batch_losses, lw=1)
+ax_loss.set(xlabel="batch", ylabel="cross-entropy per step", title="snnTorch, trained by OSTL")
+ax_acc.plot(range(1, EPOCHS + 1), [100 * a for a in test_accs], marker="o")
+ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", ylim=(0, 100), xticks=range(1, EPOCHS + 1))
+ax_acc.set_title("digits, most output spikes")
+fig.tight_layout()
+
+# sphinx_gallery_start_ignore
+# Run as a script, the tutorial saves its figures as PNG files in the current folder (the
+# documentation build, which defines no ``__file__``, collects the figures itself).
+if "__file__" in globals():
+    from pathlib import Path
+
+    for number in plt.get_fignums():
+        path = Path(f"tutorial_{Path(__file__).stem}_{number}.png")
+        plt.figure(number).savefig(path, dpi=100)
+        print(f"figure saved to {path.resolve()}")
+# sphinx_gallery_end_ignore
 
 # %%
 # The predictions count the output spikes over the sequence, a common readout for snnTorch

@@ -2,6 +2,9 @@
 See the gradients equal BPTT
 ============================
 
+This tutorial checks, entry by entry, that OSTL's gradient equals the one of backpropagation
+through time for a network with one stateful layer, and what exactly it equals for deeper ones.
+
 OSTL computes its gradient forward in time, one step at a time, while backpropagation through
 time (BPTT) waits for the whole sequence and then runs backwards through it. For a network with a
 single stateful layer the two give the same numbers. For deeper networks they do not, and the
@@ -182,6 +185,18 @@ for ax, (reference, title) in zip(
     ax.set(xlabel="reference gradient", title=f"lower layer {title}")
 axes[0].set_ylabel("OSTL gradient")
 fig.tight_layout()
+
+# sphinx_gallery_start_ignore
+# Run as a script, the tutorial saves its figures as PNG files in the current folder (the
+# documentation build, which defines no ``__file__``, collects the figures itself).
+if "__file__" in globals():
+    from pathlib import Path
+
+    for number in plt.get_fignums():
+        path = Path(f"tutorial_{Path(__file__).stem}_{number}.png")
+        plt.figure(number).savefig(path, dpi=100)
+        print(f"figure saved to {path.resolve()}")
+# sphinx_gallery_end_ignore
 
 # %%
 # Whether dropping the residual path matters for learning is an empirical question; the paper

@@ -2,15 +2,19 @@
 Memory and time against sequence length
 =======================================
 
+This tutorial measures how the memory and the time per step of training grow with the sequence
+length, for BPTT and for OSTL, and shows how to read the size of the learner's traces.
+
 BPTT keeps what every step saved for the backward pass until the sequence ends, so its memory
 grows with the sequence length ``T``. OSTL runs a backward pass at every step; what a step saved
 is freed right away and the only thing carried from step to step is the eligibility traces, whose
 size does not depend on ``T``.
 
 This tutorial measures both on a small two-layer spiking network: the bytes autograd saves for
-backward (counted with :func:`torch.autograd.graph.saved_tensors_hooks`), the memory of the traces,
-and the time per step. The numbers are measured while these pages are built, on whatever machine
-builds them; they show the trend, not a benchmark (see the benchmarks page for that).
+backward (counted with :func:`torch.autograd.graph.saved_tensors_hooks`), the memory of the traces
+(:meth:`OSTL.trace_bytes <snn_ostl.OSTL.trace_bytes>`), and the time per step. The numbers are
+measured when the tutorial runs, on whatever machine runs it; they show the trend, not a
+benchmark (see the benchmarks page for that).
 """
 
 import time
@@ -136,7 +140,7 @@ def ostl_run(inputs, labels, counter):
 
 measure(ostl_run, 10, repeats=1)
 results["OSTL"] = [measure(ostl_run, T) for T in LENGTHS]
-trace_bytes = sum(g.trace_bytes() for layer in learner.layers.values() for g in layer.groups)
+trace_bytes = learner.trace_bytes()  # what the traces hold after the last sequence's last step
 print(learner.summary())
 learner.detach()
 
@@ -174,6 +178,18 @@ ax_time.set(xlabel="sequence length T", ylabel="ms per step", title="time", ylim
 ax_mem.legend()
 ax_time.legend()
 fig.tight_layout()
+
+# sphinx_gallery_start_ignore
+# Run as a script, the tutorial saves its figures as PNG files in the current folder (the
+# documentation build, which defines no ``__file__``, collects the figures itself).
+if "__file__" in globals():
+    from pathlib import Path
+
+    for number in plt.get_fignums():
+        path = Path(f"tutorial_{Path(__file__).stem}_{number}.png")
+        plt.figure(number).savefig(path, dpi=100)
+        print(f"figure saved to {path.resolve()}")
+# sphinx_gallery_end_ignore
 
 # %%
 # BPTT's memory grows in proportion to ``T``; OSTL's stays flat. Per step, OSTL pays for a

@@ -2,6 +2,9 @@
 Streaming and continual learning
 ================================
 
+This tutorial shows how to learn from an endless input stream with an optimizer step after every
+time step, and how a network trained this way keeps adapting when the stream changes.
+
 Because OSTL's gradient of step ``t`` is ready at step ``t``, a network can learn from a stream
 that never ends: there is no sequence to wait for and nothing that grows in memory. Here the
 optimizer takes a step after *every* time step, on one unbroken input stream whose statistics
@@ -129,6 +132,18 @@ print(
     f"mean loss: first 200 steps {first:.3f}, before the switch {before:.3f}, last 200 {after:.3f}"
 )
 print(f"frozen copy, last 200 steps: {sum(frozen_losses[-200:]) / 200:.3f}")
+
+# sphinx_gallery_start_ignore
+# Run as a script, the tutorial saves its figures as PNG files in the current folder (the
+# documentation build, which defines no ``__file__``, collects the figures itself).
+if "__file__" in globals():
+    from pathlib import Path
+
+    for number in plt.get_fignums():
+        path = Path(f"tutorial_{Path(__file__).stem}_{number}.png")
+        plt.figure(number).savefig(path, dpi=100)
+        print(f"figure saved to {path.resolve()}")
+# sphinx_gallery_end_ignore
 
 # %%
 # With an update at every step, the eligibility traces of step ``t`` were built while the

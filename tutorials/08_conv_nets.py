@@ -2,6 +2,9 @@
 Train convolutional spiking nets online
 =======================================
 
+This tutorial shows how to train convolutional spiking networks online with OSTL, how to check
+their gradients against the exact reference, and how their memory behaves as sequences grow.
+
 Convolutional spiking networks are usually written with the synapse and the neuron apart, with
 stateless operations between them: snnTorch's tutorials put a ``MaxPool2d`` between each
 ``Conv2d`` and its ``Leaky`` neurons, Norse's ``ConvNet`` multiplies a convolution by 10 before
@@ -11,11 +14,10 @@ first step: a stateful layer owns every Conv, Linear or Embedding whose output r
 current within the step through stateless operations only (pooling, dropout, batch norm, scaling,
 flattening), and its eligibility traces follow the gradient through them exactly.
 
-This tutorial trains an snnTorch CSNN and a Norse conv net online, with an optimizer step after
-every time step, checks the gradients against the exact reference, and measures the memory
-against the sequence length. The data are scikit-learn's 8x8 handwritten digits (1,797 real
-images, a copy of the test set of the UCI optical recognition of handwritten digits data set),
-rate-coded into spike trains.
+Here an snnTorch CSNN and a Norse conv net are trained with an optimizer step after every time
+step, the gradients are checked, and the memory is measured against the sequence length. The
+data are scikit-learn's 8x8 handwritten digits (1,797 real images, a copy of the test set of the
+UCI optical recognition of handwritten digits data set), rate-coded into spike trains.
 """
 
 # sphinx_gallery_thumbnail_number = 1
@@ -157,7 +159,6 @@ ax_loss.set(xlabel="batch", ylabel="cross-entropy per step", title="snnTorch CSN
 ax_acc.plot(range(1, EPOCHS + 1), [100 * a for a in test_accs], marker="o")
 ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", ylim=(0, 100), xticks=range(1, EPOCHS + 1))
 fig.tight_layout()
-plt.show()
 
 # %%
 # Are these the OSTL gradients?
@@ -226,7 +227,6 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
 scatter(axes[0], oracle, "first conv vs the oracle")
 scatter(axes[1], bptt, "first conv vs full BPTT")
 fig.tight_layout()
-plt.show()
 
 # %%
 # A Norse conv net
@@ -389,7 +389,18 @@ ax.set(xlabel="sequence length T", ylabel="MiB at the peak", title="snnTorch CSN
 ax.set_ylim(0, None)
 ax.legend()
 fig.tight_layout()
-plt.show()
+
+# sphinx_gallery_start_ignore
+# Run as a script, the tutorial saves its figures as PNG files in the current folder (the
+# documentation build, which defines no ``__file__``, collects the figures itself).
+if "__file__" in globals():
+    from pathlib import Path
+
+    for number in plt.get_fignums():
+        path = Path(f"tutorial_{Path(__file__).stem}_{number}.png")
+        plt.figure(number).savefig(path, dpi=100)
+        print(f"figure saved to {path.resolve()}")
+# sphinx_gallery_end_ignore
 
 # %%
 # What to take away

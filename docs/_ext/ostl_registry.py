@@ -45,16 +45,17 @@ __all__ = [
     "trace_forms",
 ]
 
-#: Columns of the supported-modules table, in order.
+#: Keys of each row of :func:`supported_rows`, in order.
 SUPPORTED_COLUMNS = ("module", "framework", "states", "variants", "example", "forms")
-_HEADERS = {
-    "module": "Module",
-    "framework": "Framework",
-    "states": "State tensors",
-    "variants": "Variants",
-    "example": "Example configuration",
-    "forms": "Trace form per parameter",
-}
+#: Columns of the rendered supported-modules table: one module's configurations are grouped,
+#: its name, state tensors and variants written once in the first row of the group.
+_SUPPORTED_HEADERS = (
+    "Module",
+    "Example configuration",
+    "Trace form per parameter (every variant, unless one is named)",
+)
+#: CSS classes of the generated tables (docs/_static/snn_ostl.css): full width, wrapping text.
+_TABLE_CLASS = "ostl-registry"
 
 
 # ----------------------------------------------------------------------------- registry
@@ -297,14 +298,22 @@ def _literal_list(text: str) -> str:
     return ", ".join(f"``{part.strip()}``" for part in text.split(",") if part.strip())
 
 
-def _list_table(headers: list[str], rows: list[list[list[str]]], widths: str = "auto") -> list[str]:
-    """A list-table; each cell is a list of lines (already valid RST)."""
-    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
+def _list_table(
+    headers: list[str],
+    rows: list[list[list[str]]],
+    widths: str = "auto",
+    classes: str = _TABLE_CLASS,
+) -> list[str]:
+    """A list-table; each cell is a list of lines (already valid RST), ``[]`` for an empty one."""
+    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}"]
+    if classes:
+        lines.append(f"   :class: {classes}")
+    lines.append("")
     for row in [[[h] for h in headers], *rows]:
         for k, cell in enumerate(row):
             lead = "   * - " if k == 0 else "     - "
             lines.append(lead + (cell[0] if cell else ""))
-            lines.extend("       " + line for line in cell[1:])
+            lines.extend(("       " + line) if line else "" for line in cell[1:])
     lines.append("")
     return lines
 
@@ -315,17 +324,24 @@ def _forms_text(forms: dict[str, list[str]] | str) -> str:
     if not forms:
         return "no trained parameters"
     return "; ".join(
-        f"{form}: {', '.join(f'``{label}``' for label in labels)}" for form, labels in forms.items()
+        f"*{form}*: {', '.join(f'``{label}``' for label in labels)}"
+        for form, labels in forms.items()
     )
 
 
 def _forms_cell(forms: list[tuple[str, Any]]) -> list[str]:
+    """The forms of one example: once when every variant agrees, else per group of variants."""
     if not forms:
         return ["(no example registered)"]
-    if len({repr(f) for _, f in forms}) == 1:
-        prefix = "*every variant*: " if len(forms) > 1 else ""
-        return [prefix + _forms_text(forms[0][1])]
-    return [f"- **{variant}**: {_forms_text(f)}" for variant, f in forms]
+    groups: dict[str, tuple[list[str], Any]] = {}
+    for variant, f in forms:
+        groups.setdefault(repr(f), ([], f))[0].append(variant)
+    if len(groups) == 1:
+        return [_forms_text(forms[0][1])]
+    return [
+        "- " + ", ".join(f"**{v}**" for v in variants) + ": " + _forms_text(f)
+        for variants, f in groups.values()
+    ]
 
 
 def _states_cell(row: dict[str, Any]) -> str:
@@ -335,22 +351,39 @@ def _states_cell(row: dict[str, Any]) -> str:
     return text
 
 
+def _module_cell(row: dict[str, Any]) -> list[str]:
+    """Name, state tensors and variants of a module, one paragraph each."""
+    state = "state" if len(row["states"]) == 1 else "states"
+    return [
+        f"``{row['module']}``",
+        "",
+        f"{state}: {_states_cell(row)}",
+        "",
+        "variants: " + _text(", ".join(row["variants"])),
+    ]
+
+
 def render_supported(rows: list[dict[str, Any]]) -> list[str]:
-    """The supported-modules table as RST lines."""
+    """The supported-modules table as RST lines: one row per example, grouped by module.
+
+    The module cell is filled in the first row of each module's group and left empty in the
+    rows that follow, so the name of a module with twelve examples is read once.
+    """
     if not rows:
         return ["No adapter is registered."]
-    body = [
-        [
-            [f"``{row['module']}``"],
-            [_text(row["framework"])],
-            [_states_cell(row)],
-            [_text(", ".join(row["variants"]))],
-            [_text(row["example"])],
-            _forms_cell(row["forms"]),
-        ]
-        for row in rows
-    ]
-    return _list_table([_HEADERS[c] for c in SUPPORTED_COLUMNS], body)
+    body = []
+    previous = None
+    for row in rows:
+        first = row["entry"] is not previous
+        previous = row["entry"]
+        body.append(
+            [
+                _module_cell(row) if first else [],
+                [_text(row["example"])],
+                _forms_cell(row["forms"]),
+            ]
+        )
+    return _list_table(list(_SUPPORTED_HEADERS), body, "auto", f"{_TABLE_CLASS} ostl-supported")
 
 
 def render_refusals(rows: list[dict[str, str]]) -> list[str]:
@@ -358,13 +391,13 @@ def render_refusals(rows: list[dict[str, str]]) -> list[str]:
     if not rows:
         return ["No module type is refused by name."]
     body = [[[f"``{r['module']}``"], [_text(r["why"])], [_text(r["fix"])]] for r in rows]
-    return _list_table(["Module", "Why it is refused", "What to do"], body, "20 40 40")
+    return _list_table(["Module", "Why it is refused", "What to do"], body)
 
 
 def render_known(rows: list[dict[str, str]]) -> list[str]:
     """The known synapse and stateless module types as RST lines."""
     body = [[[_text(r["role"])], [_literal_list(r["modules"])]] for r in rows]
-    return _list_table(["Role", "Module types"], body, "25 75")
+    return _list_table(["Role", "Module types"], body)
 
 
 # ----------------------------------------------------------------------------- Sphinx glue
