@@ -20,6 +20,7 @@ lint: venv
 
 docs: venv
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	$(PY) -m pytest -q tests/test_docs_html.py  # the built pages: no error boxes, raw TeX, CDN
 
 bench: venv
 	$(PY) -m snn_ostl bench

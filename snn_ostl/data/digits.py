@@ -1,7 +1,7 @@
 """scikit-learn's 8x8 handwritten digits: the real-data default that ships on every machine.
 
 ``sklearn.datasets.load_digits`` embeds 1,797 real 8x8 digit images (UCI optical recognition
-of handwritten digits) in the scikit-learn wheel, so no download and no shared folder is needed.
+of handwritten digits) in the scikit-learn wheel, so no download and no data folder is needed.
 It stands in for MNIST in quick runs and tests; see :mod:`snn_ostl.data.mnist` for real 28x28
 MNIST digits.
 """

@@ -2,7 +2,7 @@
 
 Two sources, in order of preference:
 
-1. ``jsb/jsb-chorales-quarter.json`` in the developers' shared data folder: the standard
+1. ``jsb/jsb-chorales-quarter.json`` in the data folder (``$SNN_OSTL_DATA``): the standard
    229/76/77 split of Boulanger-Lewandowski et al. (2012) that published results use.
 2. music21's bundled Bach corpus (``pip install music21``, optional, ~20 MB): the four-part
    chorales converted to a roll on a quarter-note grid and split 60/20/20 with a seed. It is
@@ -237,8 +237,9 @@ def load_jsb(*, seed: int = 0, allow_fallback: bool = True) -> MusicSplit:
     where = describe_search(*_JSON_PARTS)
     if not allow_fallback:
         raise DataUnavailableError(
-            f"The JSB benchmark file was not found (looked for {where}); it is part of the "
-            "developers' shared data (set SNN_OSTL_DATA to the folder that holds jsb/)."
+            f"The JSB benchmark file was not found (looked for {where}); download "
+            "jsb-chorales-quarter.json (github.com/czhuang/JSB-Chorales-dataset) into a folder "
+            "DIR/jsb/ and set SNN_OSTL_DATA=DIR."
         )
     try:
         split = load_jsb_music21(seed=seed)

@@ -1,10 +1,11 @@
-"""Locating the developers' shared data folder.
+"""Locating the data folder of the larger real data sets.
 
-The larger real data sets (the JSB benchmark split, the Free Spoken Digit Dataset) cannot be
-downloaded at run time and must not be copied into the repository, so they live in a folder
-``shared/data`` that sits beside the repository on developers' machines and in CI. A user's
-machine has no such folder: loaders then fall back to data that ships in a pip package and say
-so in their ``source`` string, or raise :class:`DataUnavailableError` when there is no fallback.
+The JSB chorales' benchmark split and the Free Spoken Digit Dataset ship in no pip package and
+are never downloaded at run time. They are read from a data folder: the one
+``$SNN_OSTL_DATA`` names, or else a folder ``shared/data`` beside the repository. Without it,
+loaders fall back to data that ships in a pip package and say so in their ``source`` string, or
+raise :class:`DataUnavailableError` when there is no fallback (``snn-ostl tasks`` says how to
+get the files).
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class DataUnavailableError(RuntimeError):
-    """Raised when a data set exists only in the shared folder and that folder is absent.
+    """Raised when a data set exists only in the data folder and that folder is absent.
 
     It subclasses :class:`RuntimeError` (not :class:`FileNotFoundError`) on purpose: the
-    condition is "this machine has no copy of the developers' data", which callers handle by
-    skipping a task, not a mistyped path.
+    condition is "this machine has no copy of the data set", which callers handle by skipping a
+    task, not a mistyped path.
     """
 
 
 def candidate_dirs() -> list[Path]:
-    """List the places searched for the shared data folder, in order of precedence.
+    """List the places searched for the data folder, in order of precedence.
 
     When ``$SNN_OSTL_DATA`` is set it is the only candidate, even if it does not exist: an
     explicit setting must not be silently overridden, and it lets a test (or a user) force the
-    "no shared data" path by pointing it at an empty folder.
+    "no data" path by pointing it at an empty folder.
 
     Returns:
         ``[$SNN_OSTL_DATA]`` when set and non-empty, otherwise ``../shared/data`` relative to the
@@ -52,7 +53,7 @@ def candidate_dirs() -> list[Path]:
 
 
 def find_shared_data() -> Path | None:
-    """Find the developers' shared data folder.
+    """Find the data folder.
 
     Returns:
         The first existing folder from :func:`candidate_dirs`, resolved, or ``None`` when none
@@ -69,13 +70,13 @@ def find_shared_data() -> Path | None:
 
 
 def shared_path(*parts: str) -> Path | None:
-    """Return a path inside the shared data folder if it exists.
+    """Return a path inside the data folder if it exists.
 
     Args:
-        *parts: Path components below the shared folder, e.g. ``("jsb", "x.json")``.
+        *parts: Path components below the data folder, e.g. ``("jsb", "x.json")``.
 
     Returns:
-        The existing file or folder, or ``None`` when the shared folder or the entry is absent.
+        The existing file or folder, or ``None`` when the data folder or the entry is absent.
     """
     root = find_shared_data()
     if root is None:
@@ -88,7 +89,7 @@ def describe_search(*parts: str) -> str:
     """Describe where ``parts`` was looked for, for error messages.
 
     Args:
-        *parts: Path components below the shared folder.
+        *parts: Path components below the data folder.
 
     Returns:
         A human-readable list of the candidate locations.

@@ -1,6 +1,6 @@
 """Free Spoken Digit Dataset (FSDD) as log-mel feature sequences (the TIMIT stand-in).
 
-The recordings live only in the developers' shared folder (``fsdd/recordings/*.wav``, 3,000
+The recordings live only in the data folder (``$SNN_OSTL_DATA``) (``fsdd/recordings/*.wav``, 3,000
 mono 8 kHz files named ``{digit}_{speaker}_{index}.wav``; CC BY-SA 4.0, Jakobovski and
 contributors: attribute it where results are shown). No registry ships them, so there is no
 fallback: :func:`load_fsdd` raises :class:`~snn_ostl.data.paths.DataUnavailableError`.
@@ -191,9 +191,9 @@ def load_fsdd(
     parsed = [(f, m) for f, m in parsed if m is not None]
     if not parsed:
         raise DataUnavailableError(
-            f"Free Spoken Digit Dataset recordings not found (looked for {where}): this task "
-            "needs the developers' shared data folder (set SNN_OSTL_DATA to the folder that "
-            "holds fsdd/recordings); no pip package ships these recordings."
+            f"Free Spoken Digit Dataset recordings not found (looked for {where}); no pip "
+            "package ships them: clone github.com/Jakobovski/free-spoken-digit-dataset into "
+            "DIR/fsdd and set SNN_OSTL_DATA=DIR (the task reads DIR/fsdd/recordings)."
         )
     train: list[tuple[np.ndarray, int, str]] = []
     test: list[tuple[np.ndarray, int, str]] = []

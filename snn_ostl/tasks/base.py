@@ -9,6 +9,7 @@ encoding, the initial weights) follows from the seed, so a run can be repeated e
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,7 +20,15 @@ from torch import nn
 from snn_ostl.tasks.models import StepNet
 from snn_ostl.tasks.training import Objective, SeqBatch
 
-__all__ = ["Availability", "Task", "TaskData", "generator", "have_module"]
+__all__ = [
+    "Availability",
+    "Task",
+    "TaskArgumentError",
+    "TaskData",
+    "data_folder_note",
+    "generator",
+    "have_module",
+]
 
 
 @dataclass(frozen=True)
@@ -29,10 +38,35 @@ class Availability:
     Attributes:
         ok: The data are there.
         where: Where the data come from (or would come from).
+        how: When they are not there: what to do to get them, in words a user can act on.
     """
 
     ok: bool
     where: str
+    how: str = ""
+
+
+class TaskArgumentError(ValueError):
+    """A value the user chose does not work with the task (the command line exits with 2).
+
+    Attributes:
+        option: The command-line option at fault, e.g. ``--text-file``.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def data_folder_note() -> str:
+    """Where the data folder was looked for, for "not found" messages.
+
+    The folder of downloaded data sets is named by the environment variable ``SNN_OSTL_DATA``.
+    """
+    from snn_ostl.data.paths import ENV_VAR
+
+    folder = os.environ.get(ENV_VAR, "").strip()
+    return f"{ENV_VAR}={folder}" if folder else f"{ENV_VAR} is not set"
 
 
 @dataclass

@@ -61,9 +61,9 @@ class ImageTask(Task):
     def availability(self) -> Availability:
         ok = have_module(self.module)
         where = f"embedded in the pip package {self.package} (no download)"
-        return Availability(
-            ok, where if ok else f"{where}; not installed: pip install {self.package}"
-        )
+        if ok:
+            return Availability(True, where)
+        return Availability(False, f"{where}; not installed", f"pip install {self.package}")
 
     def read(self, seed: int) -> Any:
         """The :class:`~snn_ostl.data.ImageSplit`."""

@@ -10,21 +10,43 @@ log-likelihood per time step. With one stateful layer, OSTL's gradient is BPTT's
 Exact OSTL carries the recurrent layer's full Jacobian (traces of size n x n x (n + inputs)), so
 an epoch is far slower than with BPTT on a CPU; ``--learner ostl-no-h`` drops the recurrent
 weights from the Jacobian and is much cheaper.
+
+Data: the standard benchmark file ``$SNN_OSTL_DATA/jsb/jsb-chorales-quarter.json`` when it is
+there, else music21's bundled Bach chorales (``pip install music21``; a seeded split that is not
+the benchmark's). ``snn-ostl tasks`` says how to get either (:data:`HOW_TO_GET`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from snn_ostl.tasks.base import Availability, Task, TaskData, generator, have_module, shuffled
+from snn_ostl.tasks.base import (
+    Availability,
+    Task,
+    TaskData,
+    data_folder_note,
+    generator,
+    have_module,
+    shuffled,
+)
 from snn_ostl.tasks.objectives import MultiLabel
 from snn_ostl.tasks.training import SeqBatch
 
-__all__ = ["JSBTask"]
+__all__ = ["HOW_TO_GET", "JSBTask"]
+
+#: What a user does to get the chorales: either source will do.
+HOW_TO_GET = (
+    "pip install music21 (the task then reads music21's bundled Bach chorales, about 400, "
+    "split 60/20/20 with the seed; parsing them takes about a minute), or, for the standard "
+    "229/76/77 benchmark split that published results use, download jsb-chorales-quarter.json "
+    "from https://github.com/czhuang/JSB-Chorales-dataset to DIR/jsb/jsb-chorales-quarter.json "
+    "(DIR: any folder of yours) and export SNN_OSTL_DATA=DIR"
+)
 
 
 def _music_batches(rolls: list[Tensor], batch_size: int, order: list[int]) -> Iterator[SeqBatch]:
@@ -76,16 +98,32 @@ class JSBTask(Task):
     def availability(self) -> Availability:
         from snn_ostl.data.paths import shared_path
 
-        if shared_path("jsb", "jsb-chorales-quarter.json") is not None:
-            return Availability(True, "shared folder: standard 229/76/77 benchmark split")
+        path = shared_path("jsb", "jsb-chorales-quarter.json")
+        if path is not None:
+            return Availability(True, f"standard 229/76/77 benchmark split from {path}")
         if have_module("music21"):
-            return Availability(True, "pip package music21 (fallback, not the benchmark split)")
-        return Availability(False, "shared folder (absent) or pip package music21 (not installed)")
+            return Availability(
+                True,
+                "music21's bundled Bach chorales, split with the seed (not the standard "
+                f"benchmark split: no jsb/jsb-chorales-quarter.json, {data_folder_note()})",
+            )
+        where = (
+            "neither the benchmark file jsb/jsb-chorales-quarter.json "
+            f"({data_folder_note()}) nor the pip package music21 is here"
+        )
+        return Availability(False, where, HOW_TO_GET)
 
     def load(self, config: dict[str, Any], seed: int) -> TaskData:
-        from snn_ostl.data import load_jsb
+        from snn_ostl.data import DataUnavailableError, load_jsb
 
-        split = load_jsb(seed=seed)
+        avail = self.availability()
+        if not avail.ok:
+            raise DataUnavailableError(f"task jsb: {avail.where}. To get them: {avail.how}")
+        with warnings.catch_warnings():
+            # The loader warns, naming the folders it searched, when it falls back to music21;
+            # the run's header and metrics.json already carry the source, which says so.
+            warnings.filterwarnings("ignore", message="JSB benchmark file not found")
+            split = load_jsb(seed=seed)
         train, test = list(split.train), list(getattr(split, config.get("eval_split", "test")))
         if config.get("train_size"):
             train = train[: config["train_size"]]

@@ -4,11 +4,46 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["clean_json", "make_run_dir", "plot_curves", "plot_gradient_errors", "write_metrics"]
+__all__ = [
+    "clean_json",
+    "make_run_dir",
+    "plot_curves",
+    "plot_gradient_errors",
+    "run_dir_problem",
+    "write_metrics",
+]
+
+#: Where run folders go when ``--out`` is not given.
+RUNS = Path("runs")
+
+
+def run_dir_problem(out: str | Path | None) -> str | None:
+    """Why a run folder cannot be written at ``out`` (``runs/`` when None), or None when it can.
+
+    Checked before a run starts, so that a mistyped ``--out`` fails at once rather than after
+    the training; nothing is created.
+    """
+    path = Path(out).expanduser() if out is not None else RUNS
+    shown = str(out) if out is not None else "runs (the default run folder)"
+    if path.exists():
+        if not path.is_dir():
+            return f"{shown} exists and is not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{shown} is a folder this user cannot write to"
+        return None
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {shown}: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {shown}: this user cannot write to {parent}"
+    return None
 
 
 def make_run_dir(out: str | Path | None, *parts: str) -> Path:
@@ -17,11 +52,11 @@ def make_run_dir(out: str | Path | None, *parts: str) -> Path:
         path = Path(out)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / "-".join([*parts, stamp])
+        path = RUNS / "-".join([*parts, stamp])
         suffix = 1
         while path.exists():
             suffix += 1
-            path = Path("runs") / "-".join([*parts, stamp, str(suffix)])
+            path = RUNS / "-".join([*parts, stamp, str(suffix)])
     path.mkdir(parents=True, exist_ok=True)
     return path
 

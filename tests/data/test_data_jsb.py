@@ -67,7 +67,7 @@ def test_fallback_without_music21_explains_both_options(tmp_path, monkeypatch):
 
 def test_no_fallback_raises_data_unavailable(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
-    with pytest.raises(DataUnavailableError, match="shared data"):
+    with pytest.raises(DataUnavailableError, match="SNN_OSTL_DATA=DIR"):
         load_jsb(allow_fallback=False)
 
 

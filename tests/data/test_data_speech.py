@@ -68,7 +68,7 @@ def test_missing_folder_raises_data_unavailable(tmp_path, monkeypatch):
         load_fsdd()
     message = str(info.value)
     assert str(tmp_path / "fsdd" / "recordings") in message
-    assert "developers' shared data" in message
+    assert "SNN_OSTL_DATA=DIR" in message
 
 
 def test_mixed_sample_rates_are_rejected(recordings):
