@@ -13,7 +13,7 @@ demo: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q --ignore=tests/test_docs_html.py  # (checks the built pages: make docs)
 
 lint: venv
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
