@@ -44,6 +44,9 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_gallery.gen_gallery",
     "ostl_registry",
+    # Charts of the benchmarks and results pages, drawn at build time from the pages' own tables
+    # (docs/_ext/doc_charts.py): ``.. plot::`` blocks, PNG only, no source links.
+    "matplotlib.sphinxext.plot_directive",
 ]
 
 templates_path = ["_templates"]
@@ -95,6 +98,12 @@ sphinx_gallery_conf = {
     # The computation-times page loads jQuery and DataTables from CDNs: not written.
     "write_computation_times": False,
 }
+
+# --- charts (matplotlib's plot directive) -------------------------------------------------------
+plot_formats = [("png", 110)]
+plot_html_show_formats = False
+plot_html_show_source_link = False
+plot_include_source = False
 
 # --- HTML --------------------------------------------------------------------------------------
 html_theme = "furo"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "clean_json",
+    "curves_figure",
+    "gradient_errors_figure",
     "make_run_dir",
     "plot_curves",
     "plot_gradient_errors",
+    "reference_run",
     "run_dir_problem",
     "write_metrics",
 ]
@@ -88,39 +92,131 @@ def _pyplot():
     return plt
 
 
-def plot_curves(histories: dict[str, dict[str, list]], metric: str, path: Path, title: str) -> Path:
-    """Two panels: training loss and the test ``metric`` per epoch, one line per method."""
+#: Markers and dashes of the runs, in order: every run of a figure gets its own marker, so that
+#: runs with equal values (OSTL and BPTT often coincide) stay told apart.
+RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+RUN_DASHES = ("-", "--", ":", "-.")
+
+
+def run_style(index: int, label: str) -> dict[str, Any]:
+    """Line style of the ``index``-th run: its own marker and dash; the first is drawn thicker,
+    with hollow markers and underneath the others, so that a later run on the same values leaves
+    it visible around its own line."""
+    style: dict[str, Any] = {
+        "linestyle": RUN_DASHES[index % len(RUN_DASHES)],
+        "marker": RUN_MARKERS[index % len(RUN_MARKERS)],
+        "label": label,
+        "zorder": 2 + index,
+    }
+    if index == 0:
+        style.update(
+            linewidth=4.0, markersize=9, markerfacecolor="none", markeredgewidth=1.6, alpha=0.55
+        )
+    else:
+        style.update(linewidth=1.5, markersize=4.5)
+    return style
+
+
+def reference_run(labels: list[str]) -> str | None:
+    """The run the others are compared with: BPTT's when one of the runs is BPTT, else the first."""
+    for label in labels:
+        if re.match(r"BPTT\b", label):
+            return label
+    return labels[0] if labels else None
+
+
+def _points(hist: dict[str, list], key: str) -> dict[Any, float]:
+    return {e: v for e, v in zip(hist["epoch"], hist.get(key, [])) if v is not None}
+
+
+def curves_figure(histories: dict[str, dict[str, list]], metric: str, title: str):
+    """The figure of :func:`plot_curves` (a ``matplotlib.figure.Figure``, left open).
+
+    Top row: training loss and the test ``metric`` per epoch, one line per run. With two runs or
+    more, a small panel under each holds every run's difference to the reference run
+    (:func:`reference_run`: BPTT when present, else the first run), so that runs which coincide
+    in the top panels are still seen to coincide, or not.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    # Distinct dashes and markers: OSTL and BPTT often coincide, and both must stay visible.
-    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
-    for i, (label, hist) in enumerate(histories.items()):
-        dash, marker = styles[i % len(styles)]
-        style = {"linestyle": dash, "marker": marker, "markersize": 4, "label": label}
-        epochs = hist["epoch"]
-        loss = [(e, v) for e, v in zip(epochs, hist["train_loss"]) if v is not None]
-        if loss:
-            axes[0].plot(*zip(*loss), **style)
-        values = [(e, v) for e, v in zip(epochs, hist[metric]) if v is not None]
-        if values:
-            axes[1].plot(*zip(*values), **style)
-    axes[0].set(xlabel="epoch", ylabel="training loss", title="training loss")
-    axes[1].set(xlabel="epoch", ylabel=f"test {metric}", title=f"test {metric}")
     from matplotlib.ticker import MaxNLocator
 
-    for ax in axes:
+    labels = list(histories)
+    compare = len(labels) >= 2
+    if compare:
+        fig, grid = plt.subplots(
+            2, 2, figsize=(10, 5.4), sharex="col", gridspec_kw={"height_ratios": [3, 1.3]}
+        )
+        axes, diff_axes = grid[0], grid[1]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        diff_axes = None
+    keys = ("train_loss", metric)
+    colors = {}
+    for i, label in enumerate(labels):
+        style = run_style(i, label)
+        for ax, key in zip(axes, keys):
+            points = _points(histories[label], key)
+            if points:
+                (line,) = ax.plot(list(points), list(points.values()), **style)
+                colors[label] = line.get_color()
+    axes[0].set(ylabel="training loss", title="training loss")
+    axes[1].set(ylabel=f"test {metric}", title=f"test {metric}")
+    if diff_axes is not None:
+        ref = reference_run(labels)
+        for ax, key in zip(diff_axes, keys):
+            base = _points(histories[ref], key)
+            ax.axhline(0.0, color=colors.get(ref, "0.3"), linewidth=2.5, alpha=0.55, zorder=1)
+            for i, label in enumerate(labels):
+                if label == ref:
+                    continue
+                points = _points(histories[label], key)
+                common = [e for e in points if e in base]
+                if not common:
+                    continue
+                style = {**run_style(i, label), "color": colors.get(label)}
+                style.pop("label")
+                ax.plot(common, [points[e] - base[e] for e in common], **style)
+            ax.set_label("difference")
+            ax.set(xlabel="epoch", ylabel=f"minus {_short(ref)}")
+            ax.set_title(f"difference to {_short(ref)}", fontsize=9)
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3), useOffset=False)
+    else:
+        for ax in axes:
+            ax.set_xlabel("epoch")
+    for ax in [*axes, *(diff_axes if diff_axes is not None else [])]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def _short(label: str) -> str:
+    """A run's name without the schedule in brackets: ``BPTT (updates ...)`` -> ``BPTT``."""
+    return label.split(" (")[0]
+
+
+def plot_curves(histories: dict[str, dict[str, list]], metric: str, path: Path, title: str) -> Path:
+    """Save :func:`curves_figure` at ``path`` (PNG) and return ``path``."""
+    plt = _pyplot()
+    fig = curves_figure(histories, metric, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def plot_gradient_errors(errors: dict[str, dict[str, float]], path: Path, title: str) -> Path:
-    """Per-parameter relative gradient error (log scale), one bar group per reference."""
+#: Hatches of the bar groups of :func:`gradient_errors_figure`, one per reference.
+BAR_HATCHES = ("", "//", "..", "xx", "\\\\", "++")
+
+
+def gradient_errors_figure(errors: dict[str, dict[str, float]], title: str):
+    """The figure of :func:`plot_gradient_errors` (a ``matplotlib.figure.Figure``, left open).
+
+    One bar group per reference, side by side (never on top of each other), each with its own
+    hatch, and the value written over each bar.
+    """
     plt = _pyplot()
     names = sorted({n for errs in errors.values() for n in errs})
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 3.8))
@@ -128,7 +224,19 @@ def plot_gradient_errors(errors: dict[str, dict[str, float]], path: Path, title:
     floor = 1e-12
     for i, (ref, errs) in enumerate(errors.items()):
         xs = [j + i * width for j in range(len(names))]
-        ax.bar(xs, [max(errs.get(n, math.nan), floor) for n in names], width, label=f"vs {ref}")
+        values = [errs.get(n, math.nan) for n in names]
+        bars = ax.bar(
+            xs,
+            [max(v, floor) for v in values],
+            width,
+            label=f"vs {ref}",
+            hatch=BAR_HATCHES[i % len(BAR_HATCHES)],
+            edgecolor="black",
+            linewidth=0.6,
+        )
+        ax.bar_label(
+            bars, labels=[f"{v:.1e}" if math.isfinite(v) else "" for v in values], fontsize=6
+        )
     ax.set_yscale("log")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
@@ -137,6 +245,13 @@ def plot_gradient_errors(errors: dict[str, dict[str, float]], path: Path, title:
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_gradient_errors(errors: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Save :func:`gradient_errors_figure` at ``path`` (PNG) and return ``path``."""
+    plt = _pyplot()
+    fig = gradient_errors_figure(errors, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
