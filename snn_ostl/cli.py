@@ -460,9 +460,15 @@ def _demo(spec: Any, out: str | None) -> None:
         indent=2,
     )
     _say(f"ostl@sequence  {acc['ostl@sequence']:5.1f}%  once per sequence, like BPTT", indent=2)
+    rounding = (
+        " (equal gradients; float rounding, amplified by the spike thresholds over many "
+        "updates, is all that separates the two runs)"
+        if same and gap != 0
+        else ""
+    )
     _say(
         f"bptt           {acc['bptt']:5.1f}%  once per sequence; OSTL - BPTT on the same "
-        f"schedule: {gap:+.1f} points",
+        f"schedule: {gap:+.1f} points{rounding}",
         indent=2,
         hang=23,
     )

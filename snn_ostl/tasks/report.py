@@ -120,7 +120,7 @@ def run_style(index: int, label: str) -> dict[str, Any]:
 def reference_run(labels: list[str]) -> str | None:
     """The run the others are compared with: BPTT's when one of the runs is BPTT, else the first."""
     for label in labels:
-        if re.match(r"BPTT\b", label):
+        if re.match(r"bptt\b", label, re.IGNORECASE):  # "BPTT", "bptt (updates per ...)"
             return label
     return labels[0] if labels else None
 
