@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from snn_ostl.chains.windowed import window_for
 from snn_ostl.errors import ConfigurationError, Problem, StateError
-from snn_ostl.traces.window import PLACEHOLDER, Window
+from snn_ostl.traces.window import PLACEHOLDER
 
 __all__ = ["FORMAT", "install", "layer_state", "load", "save"]
 
@@ -190,11 +191,10 @@ def install(layer: Any, saved: dict[str, Any]) -> None:
         g.presynaptic = frozenset(entry["presynaptic"])
         g.folded = entry["folded"]
         g.states = entry["states"]
-        if entry["window"] is not None or (layer.flush_every > 1 and g.form == "per-synapse"):
+        windowed = g.form == "per-synapse" and (g.chain is None or g.fold is not None)
+        if entry["window"] is not None or (layer.flush_every > 1 and windowed):
             states = sorted(set(range(len(g.trace or []))) - g.presynaptic)
-            window = Window(g.param, states, g.presynaptic, layer.flush_every, layer.path, g.pool)
-            window.reduce, window.name = layer.grad_reduce, g.name
-            window.on_refused = layer.on_refused
+            window = window_for(layer, g, states)
             if entry["window"] is not None:
                 window.base = {k: t.to(like.device) for k, t in entry["window"].items()}
             g.window = window

@@ -8,6 +8,7 @@ holds: :mod:`snn_ostl.chains.ops`), computes how the
 current depends on each of the block's parameters at this step (:mod:`snn_ostl.chains.tangents`),
 keeps the exact eligibility traces of those parameters (:mod:`snn_ostl.chains.traces`), advances
 them in place inside the backward where it can (:mod:`snn_ostl.chains.inplace`), follows a layer's
-own spikes fed back by the user's loop (:mod:`snn_ostl.chains.fedback`), and binds them to a layer
+own spikes fed back by the user's loop (:mod:`snn_ostl.chains.fedback`), keeps a convolution's
+trace in a ``flush_every`` window (:mod:`snn_ostl.chains.windowed`), and binds them to a layer
 (:mod:`snn_ostl.chains.binding`).
 """

@@ -25,6 +25,7 @@ from snn_ostl.chains.tangents import (
     weight_channel_axis,
 )
 from snn_ostl.chains.walk import Block
+from snn_ostl.chains.windowed import advance_windowed, fold_for
 from snn_ostl.errors import StateError
 from snn_ostl.traces.groups import TraceGroup
 
@@ -76,7 +77,10 @@ class ChainLayer:
                 fan = weight.numel() // channels
                 width = weight.numel() if cmap.dense else fan
                 role = CT.ChainRole("weight", j, cmap, width, through)
-                groups.append(self._chain_group(prefix + "weight", weight, "weight", role))
+                group = self._chain_group(prefix + "weight", weight, "weight", role)
+                if not cmap.dense and not self.recurrent:
+                    group.fold = fold_for(block, current, self.flush_every > 1)
+                groups.append(group)
             bias = getattr(module, "bias", None)
             if isinstance(bias, torch.nn.Parameter) and bias.requires_grad:
                 bmap = CT.ChannelMap(channels, 0, cmap.dense, cmap.blocks, cmap.index)
@@ -169,6 +173,10 @@ class ChainLayer:
         tangents: dict[tuple[int, str], Tangent] = {}
         for j, use in enumerate(block.synapses):
             parts = [g for g in self.groups if g.chain is not None and g.chain.synapse == j]
+            for g in parts:
+                if g.fold is not None and not self.fed_back:
+                    advance_windowed(self, g, d, use, current)
+            parts = [g for g in parts if g.fold is None or self.fed_back]
             if not parts:
                 continue
             dense = parts[0].chain.cmap.dense
@@ -182,8 +190,8 @@ class ChainLayer:
         names = list(block.params)
         for g in self.groups:
             chain = g.chain
-            if chain is None:
-                continue
+            if chain is None or (g.fold is not None and not self.fed_back):
+                continue  # (a folded convolution weight went to its window above)
             if chain.part == "param":
                 index = len(block.synapses) + names.index(g.name)
                 directions = CT.parameter_directions(g.param, chain.cmap.dense, current.dtype)

@@ -79,7 +79,7 @@ class History:
         folded = fold_grads(grads, self.derived) if self.derived else grads
         out: list[Tensor | None] = []
         for index, (g, tr) in enumerate(zip(self.groups, self.snapshot)):
-            if g.chain is not None:
+            if g.chain is not None and not isinstance(tr, WindowRef):
                 step = None if tr is None else self.layer.claim(index, tr, self)
                 if step is None:
                     term = (

@@ -63,6 +63,9 @@ class TraceGroup:
     scratch: list[Tensor] = field(default_factory=list, repr=False)
     #: A parameter of a block reached through a chain (:class:`snn_ostl.chains.traces.ChainRole`).
     chain: Any = None
+    #: A convolution weight whose window folds positions into the batch
+    #: (:class:`snn_ostl.chains.windowed.ConvFold`), or None.
+    fold: Any = None
 
     def take_buffer(self, like: Tensor) -> Tensor | None:
         """A recycled trace tensor with the shape, dtype and device of ``like``, if one is free."""

@@ -262,6 +262,8 @@ class Window:
         ref.ran = True
         self.inputs[ref.index] = ref.traces
         slot = self.slots.setdefault(ref.index, {})
+        if self.fold is not None:
+            grads = {k: self.fold.grads(g) for k, g in grads.items()}
         for k, g in grads.items():
             g = g.reshape(g.shape[0], -1)
             self._bytes += _nbytes(g)
@@ -457,6 +459,8 @@ class Window:
     spoiled = False
     #: Called at a refusal: checks the learner's other windows at once.
     on_refused = None
+    #: Folds a convolution's state gradients ``[B, O, *P]`` to ``[B * P, O]`` (or None).
+    fold = None
     #: Terms were waiting when ``.grad`` was last seen; it was changed between two backward
     #: passes while they waited.
     _waiting = False

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_spiking, full_bptt
+from conftest import assert_spiking, full_bptt, seeded
 from torch import nn
 from toy_cells import ToyLeaky, ToySynaptic
 
@@ -537,3 +537,63 @@ def test_a_feature_extractor_with_batch_norm_below_is_listed_whole():
     rows = {line.split()[2]: line for line in summary.splitlines()[3:] if len(line.split()) > 2}
     for name in ("conv.weight", "norm.weight", "norm.bias"):
         assert "approximation: below lif" in rows[name], name
+
+
+# ----------------------------------------------------------------------------- flush_every
+class _ConvIntoLIF(nn.Module):
+    """A convolution straight into Norse LIFCell (or through ``10 *`` and a dropout), then a
+    Linear into a second LIFCell: the convolution's per-synapse trace goes to a window."""
+
+    def __init__(self, dims: int, between: bool) -> None:
+        import norse.torch as nt
+
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        self.conv = conv(2, 3, 3, padding=1, dtype=DT)
+        self.between = between
+        self.drop = nn.Dropout(0.2)
+        self.lif, self.lif2 = nt.LIFCell(), nt.LIFCell()
+        self.fc = nn.Linear(3 * (25 if dims == 2 else 5), 2, dtype=DT)
+        with torch.no_grad():
+            self.conv.weight.mul_(2.0 if between else 20.0)
+
+    def forward(self, x):
+        s = s2 = None
+        for frame in x:
+            a = self.conv(frame)
+            if self.between:
+                a = self.drop(10 * a)
+            z, s = self.lif(a, s)
+            _, s2 = self.lif2(self.fc(z.flatten(1)), s2)
+            yield s2.v, z
+
+
+@pytest.mark.parametrize("dims", [2, 1])
+@pytest.mark.parametrize("between", [False, True], ids=["direct", "scaled-dropout"])
+@pytest.mark.parametrize("flush_every", [3, 16])
+def test_a_convolution_window_adds_the_same_gradient(dims, between, flush_every):
+    """flush_every > 1 on a convolution's per-synapse trace (positions folded into the batch
+    of a Linear-style window): the oracle's gradient, and the window is really used."""
+    pytest.importorskip("norse")
+    torch.manual_seed(0)
+    net = _ConvIntoLIF(dims, between)
+    shape = (9, 3, 2, 5, 5) if dims == 2 else (9, 3, 2, 5)
+    x = torch.rand(shape, generator=seeded(40), dtype=DT) * 2.0
+    y = torch.randn(9, 3, 2, generator=seeded(41), dtype=DT)
+    rates: list[float] = []
+
+    def run():
+        torch.manual_seed(3)  # the same dropout masks in every replay
+        for (out, z), target in zip(net(x), y):
+            rates.append(float(z.detach().mean()))
+            yield (out - target).pow(2).sum()
+
+    grads, owners, order = ostl_gradients(net, run, flush_every=flush_every)
+    assert_spiking([sum(rates) / len(rates)], "conv layer")
+    reference = oracle_gradients(net, run, owners, order)
+    errors = compare(grads, reference)
+    assert max(errors.values()) <= TOL, errors
+    with snn_ostl.OSTL(net, flush_every=flush_every) as learner:
+        next(iter(run())).backward()
+        (weight,) = [g for g in learner.layers["lif"].groups if g.name == "conv.weight"]
+        assert weight.window is not None
