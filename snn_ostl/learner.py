@@ -307,6 +307,8 @@ class OSTL(ForwardHooks):
         for layer in self.layers.values():
             layer.reset()
             layer.adapter.reset(layer.module)
+            if layer._after_reset:
+                layer._after_reset = "learner"  # (for the message of a state carried on)
         self._recent.clear()
         self._outputs.clear()
         self._latest.clear()

@@ -199,11 +199,17 @@ class StepGuards:
             return False
         verdict = layer.continuity(tuple(prev), self._sanctioned)
         if verdict == "same" and layer._after_reset and any(t.grad_fn is not None for t in prev):
+            started = (
+                "learner.reset() started a new sequence"
+                if layer._after_reset == "learner"
+                else "an earlier call of this module started a new sequence (it received a "
+                "constant state, and its traces restarted)"
+            )
             raise StateError(
-                f"{_where(layer)}: learner.reset() started a new sequence, but the layer "
-                "received the state it returned before, with its graph: the sequence goes on. "
-                "Pass a fresh state (or state.detach(), to start the new sequence from its "
-                "values), or do not call reset() to continue the sequence."
+                f"{_where(layer)}: {started}, but the layer received the state it returned "
+                "before, with its graph: the sequence goes on. Pass a fresh state (or "
+                "state.detach(), to start the new sequence from its values), or do not reset "
+                "to continue the sequence."
             )
         if verdict == "foreign":
             layer.check(tuple(prev), current)  # a new shape, dtype or device says more

@@ -298,7 +298,7 @@ class Layer(TraceUpdates, ChainLayer, FedBackLayer, LayerGuards):
         """Forget traces and the batch size (a new sequence starts)."""
         self.flush(close=True)
         self.void_fed_back()
-        self._after_reset = self._last_state is not None
+        self._after_reset = "restart" if self._last_state is not None else False
         for g in self.groups:
             if g.fused and getattr(self, "fused_ran", False) and g.trace:
                 # The synapse already ran this step and saved x̃_t (and the bias's scale) for

@@ -463,3 +463,29 @@ def test_clipping_after_learner_flush_is_exact():
     total = torch.cat([g.flatten() for g in reference.values()]).norm()
     clipped = {n: g * (0.1 / (total + 1e-6)) for n, g in reference.items()}
     _assert_exact(grads, clipped, torch.float64)
+
+
+def test_a_restart_by_a_constant_state_is_named_as_such():
+    """A call that received a constant state restarted the traces and then failed (here in a
+    forward pre-hook of the user's); the next call hands the state returned before, with its
+    graph: the error says which call started the new sequence, not learner.reset()."""
+    net = NorseMLP()
+    x, _ = _data(torch.float64)
+    with snn_ostl.OSTL(net) as learner:
+        z1, s1 = net.lif1(net.fc1(x[0]))
+        (net.lif2(net.fc2(z1))[1].v.sum()).backward()
+
+        def fail(module, args):
+            raise RuntimeError("the user's own check")
+
+        handle = net.lif1.register_forward_pre_hook(fail)
+        with pytest.raises(RuntimeError, match="own check"):
+            net.lif1(net.fc1(x[1]), type(s1)(*(t.detach() * 0 for t in s1)))
+        handle.remove()
+        with pytest.raises(snn_ostl.StateError, match="an earlier call of this module"):
+            net.lif1(net.fc1(x[2]), s1)
+        learner.reset()
+        z1, s1 = net.lif1(net.fc1(x[0]))
+        learner.reset()
+        with pytest.raises(snn_ostl.StateError, match=r"learner\.reset\(\) started"):
+            net.lif1(net.fc1(x[1]), s1)
