@@ -121,11 +121,7 @@ class ChainLayer:
         fed through a chain): ``e^k_t = Σ_j J[k][j] e^j_{t-1} + c^k (X_t + Σ_H H e^h_{t-1})``
         with ``H`` each recurrent weight and ``h`` the state it reads (full traces)."""
         shape = (*current.shape[1:], current.shape[0], g.chain.width)
-        tangent.materialise(take)
-        x = tangent.base if tangent.coef is None else tangent.coef * tangent.base
-        if not isinstance(x, Tensor):
-            x = torch.full(shape, float(x), dtype=current.dtype, device=current.device)
-        x = x.expand(shape)
+        x = tangent.full(shape, current, take)
         old = g.trace or [None] * d.num_states
         for s in self._internal():
             if not isinstance(s.source, int) or old[s.source] is None:

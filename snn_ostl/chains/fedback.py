@@ -63,10 +63,6 @@ def densify(trace: Tensor | None, cmap: CT.ChannelMap, shape, n_shape, batch: in
     return out.reshape(*n_shape, batch, -1)
 
 
-def _neuron_major(p: Any, like: Tensor) -> Any:
-    return CT._neuron_major(p, like)
-
-
 class FedBackLayer:
     """The fed-back part of :class:`snn_ostl.hooks.layer.Layer` (see the module's text)."""
 
@@ -146,7 +142,7 @@ class FedBackLayer:
             if isinstance(c, Tensor) and bool((c == 0).any()):
                 continue
             like = e.new_empty(self.batch, *self.neuron_shape)
-            return e * (_neuron_major(scale, like) / _neuron_major(c, like))
+            return e * (CT._neuron_major(scale, like) / CT._neuron_major(c, like))
         raise ConfigurationError(
             [
                 Problem(
@@ -230,12 +226,7 @@ class FedBackLayer:
     ) -> list[Tensor | None]:
         """One step of a block parameter's full traces and output trace (see the module)."""
         like = current
-        shape = (*like.shape[1:], like.shape[0], g.chain.width)
-        tangent.materialise(take)
-        x = tangent.base if tangent.coef is None else tangent.coef * tangent.base
-        if not isinstance(x, Tensor):
-            x = torch.full(shape, float(x), dtype=like.dtype, device=like.device)
-        x = x.expand(shape)
+        x = tangent.full((*like.shape[1:], like.shape[0], g.chain.width), like, take)
         old = list(g.trace) if g.trace else [None] * (d.num_states + 1)
         output = old[-1]
         if output is not None and self._fb_input is not None:

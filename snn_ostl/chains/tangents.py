@@ -85,6 +85,15 @@ class Tangent:
             self.base = self.source.index_select(0, self.order).view(self.shape)
         self.owned = True
 
+    def full(self, shape: tuple[int, ...], like: Tensor, take: Any = lambda shape: None) -> Tensor:
+        """``X`` as a ``shape`` (``[*N, B, F]``) view: ``coef ⊙ base`` broadcast (a number
+        filled in), for the forms that add to it before the advance."""
+        self.materialise(take)
+        x = self.base if self.coef is None else self.coef * self.base
+        if not isinstance(x, Tensor):
+            x = torch.full(shape, float(x), dtype=like.dtype, device=like.device)
+        return x.expand(shape)
+
     @property
     def deferrable(self) -> bool:
         """Whether :meth:`rows` can hand out channel blocks without building the whole."""

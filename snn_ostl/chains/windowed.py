@@ -96,7 +96,8 @@ def advance_windowed(layer: Any, g: Any, d: Any, use: Any, current: Tensor) -> N
 
 
 def window_for(layer: Any, g: Any, states: list[int]) -> Window:
-    """A window for ``g`` with the learner's settings (averaging, checks, fold)."""
+    """A window for ``g`` with the learner's settings (averaging, checks, fold): the one
+    constructor of every ``flush_every`` window (Linear, convolution, a checkpoint's)."""
     window = Window(g.param, states, g.presynaptic, layer.flush_every, layer.path, g.pool)
     window.reduce, window.name, window.on_refused = layer.grad_reduce, g.name, layer.on_refused
     window.fold = g.fold

@@ -12,13 +12,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from snn_ostl.adapter import DenseAdapter, ElementwiseAdapter, StepRecord
+from snn_ostl.chains.windowed import window_for
 from snn_ostl.derivatives import ElementwiseDerivatives, Factored
 from snn_ostl.traces import dense
 from snn_ostl.traces import forms as T
 from snn_ostl.traces import per_synapse as PS
 from snn_ostl.traces.derived import fold_jacobian
 from snn_ostl.traces.groups import as_number
-from snn_ostl.traces.window import PLACEHOLDER, Window
+from snn_ostl.traces.window import PLACEHOLDER
 
 __all__ = ["TraceUpdates"]
 
@@ -85,17 +86,7 @@ class TraceUpdates:
                     if windowed:
                         if g.window is None:  # the window starts from the zero trace
                             states = sorted(set(range(d.num_states)) - g.presynaptic)
-                            g.window = Window(
-                                g.param,
-                                states,
-                                g.presynaptic,
-                                self.flush_every,
-                                self.path,
-                                g.pool,
-                            )
-                            g.window.reduce = self.grad_reduce
-                            g.window.on_refused = self.on_refused
-                            g.window.name = g.name
+                            g.window = window_for(self, g, states)
                         g.window.push(plan)
                         g.trace = [PLACEHOLDER if k in plan.rows else t for k, t in enumerate(new)]
                     elif any(old[k] is None for k in plan.rows):  # first step: nothing to fuse

@@ -173,17 +173,20 @@ class Window:
         self._seen: tuple[int, int] | None = None
         self._watch = param.register_post_accumulate_grad_hook(self._note_grad)
 
+    def _grad_now(self) -> tuple[int, int] | None:
+        """``.grad`` as it is: (identity, version), or None."""
+        grad = self.param.grad
+        return None if grad is None else (id(grad), grad._version)
+
     def _note_grad(self, param: Tensor) -> None:
         """After each accumulation into ``.grad``: one accumulation since the last one seen
         adds 1 to the version of the same tensor; anything else changed ``.grad`` while terms
         were waiting (zero_grad, clipping, an update) and the next flush is refused."""
-        grad = param.grad
-        seen, self._seen = self._seen, None if grad is None else (id(grad), grad._version)
+        seen, self._seen = self._seen, self._grad_now()
         if seen is None or not self._waiting or self.reduce is not None:
             self._waiting = bool(self.slots)
             return
-        accumulated = grad is not None and (id(grad), grad._version) == (seen[0], seen[1] + 1)
-        if not accumulated:
+        if self._seen != (seen[0], seen[1] + 1):  # not exactly one accumulation
             self._tampered = True
         self._waiting = bool(self.slots)
 
@@ -193,10 +196,10 @@ class Window:
             # DDP writes its average into .grad after the backward itself; a closed window
             # flushes from inside a later backward, while .grad is being accumulated
             return
-        grad = self.param.grad
-        if not self._tampered and grad is not None and (id(grad), grad._version) == self._seen:
+        now = self._grad_now()
+        if not self._tampered and now is not None and now == self._seen:
             return
-        how = "set to None or replaced" if grad is None or id(grad) != self._seen[0] else "changed"
+        how = "set to None or replaced" if now is None or now[0] != self._seen[0] else "changed"
         self.spoiled = True  # the sequence's gradient is lost: close() lets it go quietly
         if self.on_refused is not None:  # the learner checks (and marks) its other windows
             self.on_refused()
@@ -367,11 +370,7 @@ class Window:
                 self._advance(prop, moves, columns)
             if grad is not None:
                 self._accumulate(grad)
-                self._seen = (
-                    None
-                    if self.param.grad is None
-                    else (id(self.param.grad), self.param.grad._version)
-                )
+                self._seen = self._grad_now()
                 self._waiting = self._tampered = False
         self.slots.clear()
         self.inputs = {s: v for s, v in self.inputs.items() if s >= target}
