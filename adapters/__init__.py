@@ -16,7 +16,7 @@ __all__ = ["FRAMEWORK_ADAPTERS", "load_available"]
 
 #: framework module name -> adapter module inside this package
 FRAMEWORK_ADAPTERS = {"snntorch": "snntorch", "norse": "norse"}
-_ALWAYS = ("native", "torch_cells")
+_ALWAYS = ("native", "leaky_rnn", "torch_cells")
 
 
 def load_available(import_frameworks: bool = False) -> list[str]:

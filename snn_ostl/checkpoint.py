@@ -112,12 +112,22 @@ def _pack_derived(derived: dict) -> dict:
 
 def save(learner: Any) -> dict[str, Any]:
     """The learner's state (see :meth:`snn_ostl.OSTL.state_dict`)."""
+    rule = learner.rule
+    if not rule.uses_engine and rule.trace_bytes():
+        raise ValueError(
+            f"rule {rule.name!r} keeps traces of its own, which a checkpoint saved in the "
+            "middle of a sequence does not cover: save between sequences (after "
+            "learner.reset())."
+        )
     return {
         "format": FORMAT,
         "variant": learner.variant,
         "learning_signal": learner.learning_signal,
         "flush_every": learner.flush_every,
         "feedback": {str(k): m.clone() for k, m in learner.signals.matrices.items()},
+        "feedback_seen": {str(k): w.clone() for k, w in learner.signals._seen.items()},
+        "rule": learner.rule.name,
+        "rule_state": learner.rule.state_dict(),
         "layers": {path: layer_state(layer) for path, layer in learner.layers.items()},
     }
 
@@ -128,6 +138,11 @@ def load(learner: Any, state: dict[str, Any]) -> None:
         raise ValueError(
             f"this checkpoint has layout {state.get('format')!r}; this version of snn_ostl "
             f"reads layout {FORMAT}."
+        )
+    if state.get("rule", learner.rule.name) != learner.rule.name:
+        raise ValueError(
+            f"the checkpoint was saved by a learner with rule={state['rule']!r}, this one has "
+            f"rule={learner.rule.name!r}; create the learner with the same rule."
         )
     for option in ("variant", "learning_signal", "flush_every"):
         if state[option] != getattr(learner, option):
@@ -143,6 +158,8 @@ def load(learner: Any, state: dict[str, Any]) -> None:
             f"{sorted(missing)}. Load it into a model built the same way."
         )
     learner.signals.matrices.update(state["feedback"])
+    learner.signals._seen.update(state.get("feedback_seen", {}))
+    learner.rule.load_state_dict(state.get("rule_state", {}))
     for path, saved in state["layers"].items():
         layer = learner.layers[path]
         learner._unbind(layer)

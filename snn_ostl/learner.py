@@ -36,12 +36,13 @@ from snn_ostl.errors import (
 from snn_ostl.hooks.forward import ForwardHooks
 from snn_ostl.hooks.layer import Layer
 from snn_ostl.hooks.signals import FeedbackSignals
+from snn_ostl.rules.base import Rule
 from snn_ostl.validate import plan_model, supported_names
 
 __all__ = ["LEARNING_SIGNALS", "OSTL", "VARIANTS", "is_attached"]
 
 VARIANTS = ("ostl", "ostl-no-h", "eprop")
-LEARNING_SIGNALS = ("backprop", "random", "direct")
+LEARNING_SIGNALS = ("backprop", "random", "adaptive", "direct")
 
 
 # module -> learner, for every module of every attached model (weak: never keeps a model alive).
@@ -130,6 +131,31 @@ def is_attached(model: nn.Module) -> bool:
     return any(m in _ATTACHED for m in model.modules())
 
 
+def _resolve_rule(rule: str | Rule, variant: str | None, learning_signal: str | None) -> Rule:
+    """The learning rule of ``OSTL(model, rule=..., variant=..., learning_signal=...)``.
+
+    ``variant`` and ``learning_signal`` are the engine's two settings; with the default rule
+    they pick an :class:`~snn_ostl.rules.OSTLRule`, with another rule they must agree with it.
+    """
+    from snn_ostl.rules import OSTLRule, make_rule
+
+    if rule == "ostl" and (variant is not None or learning_signal is not None):
+        if variant is not None:
+            _check_choice("variant", variant, VARIANTS)
+        if learning_signal is not None:
+            _check_choice("learning_signal", learning_signal, LEARNING_SIGNALS)
+        return OSTLRule(variant or "ostl", learning_signal or "backprop")
+    made = make_rule(rule)
+    for option, value in (("variant", variant), ("learning_signal", learning_signal)):
+        if value is not None and value != getattr(made, option):
+            raise ValueError(
+                f"OSTL options rule={made.name!r} and {option}={value!r} disagree: the rule "
+                f"sets {option}={getattr(made, option)!r}. Pass the rule alone, or "
+                f"{option}= alone (with the default rule)."
+            )
+    return made
+
+
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(
@@ -143,11 +169,16 @@ class OSTL(ForwardHooks):
 
     Args:
         model: The user's model; it is not wrapped or copied.
-        variant: ``"ostl"`` (exact eligibility), ``"ostl-no-h"`` (recurrent weights left out of
-            the Jacobian) or ``"eprop"`` (no path through the layer's own spikes).
-        learning_signal: ``"backprop"`` (exact instantaneous backprop), ``"random"`` (fixed random
-            feedback matrices in place of the transposed weights) or ``"direct"`` (the output
-            error sent to every layer through fixed random matrices).
+        rule: The learning rule: a name from :func:`snn_ostl.rules.rule_names` (``"ostl"``,
+            ``"eprop-random"``, ``"rflo"``, ``"snap-1"``, ``"decolle"``, ``"superspike"``, ...)
+            or a rule object with options, e.g. ``snn_ostl.rules.SuperSpike(feedback="random")``.
+        variant: With the default rule: ``"ostl"`` (exact eligibility), ``"ostl-no-h"``
+            (recurrent weights left out of the Jacobian) or ``"eprop"`` (no path through the
+            layer's own spikes).
+        learning_signal: With the default rule: ``"backprop"`` (exact instantaneous backprop),
+            ``"random"`` (fixed random feedback matrices in place of the transposed weights),
+            ``"adaptive"`` (random matrices that follow their weights' updates) or ``"direct"``
+            (the output error sent to every layer through fixed random matrices).
         seed: Seed of the random feedback matrices.
         strict: Refuse modules the learner cannot train exactly. With ``strict=False`` they get
             their instantaneous gradient, and :meth:`summary` says so.
@@ -182,8 +213,9 @@ class OSTL(ForwardHooks):
         self,
         model: nn.Module,
         *,
-        variant: str = "ostl",
-        learning_signal: str = "backprop",
+        rule: str | Rule = "ostl",
+        variant: str | None = None,
+        learning_signal: str | None = None,
         seed: int = 0,
         strict: bool = True,
         instantaneous_below: bool = False,
@@ -193,13 +225,14 @@ class OSTL(ForwardHooks):
     ) -> None:
         from snn_ostl.adapters import load_available
 
+        rule = _resolve_rule(rule, variant, learning_signal)
+        variant, learning_signal = rule.variant, rule.learning_signal
         _check_choice("variant", variant, VARIANTS)
         if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
             raise ValueError(
                 f"OSTL option flush_every={flush_every!r} is not valid: pass a whole number of "
                 "steps >= 1 (1 adds every history term to .grad in that step's backward)."
             )
-        _check_choice("learning_signal", learning_signal, LEARNING_SIGNALS)
         # torch.compile(model) wraps the model; its compiled forward still calls the modules
         # of the original one, whose hooks (run eagerly, outside the compiled graphs) hold the
         # learner: attach to those
@@ -211,16 +244,17 @@ class OSTL(ForwardHooks):
             )
         load_available()
         plan = plan_model(model, variant)
-        if learning_signal == "random":
+        plan.problems.extend(rule.problems(self, plan))
+        if learning_signal in ("random", "adaptive"):
             for path, (module, adapter) in plan.layers.items():
                 if adapter.kind == "dense":
                     plan.problems.append(
                         Problem(
                             path,
                             type(module).__name__,
-                            "learning_signal='random' replaces a synapse's weights by a fixed "
-                            "matrix in the backward pass, but this cell's input weights live "
-                            "inside its step.",
+                            f"learning_signal={learning_signal!r} replaces a synapse's weights "
+                            "by a random matrix in the backward pass, but this cell's input "
+                            "weights live inside its step.",
                             "use learning_signal='backprop' or 'direct' for this model, or feed "
                             "the cell from an external Linear.",
                         )
@@ -231,15 +265,16 @@ class OSTL(ForwardHooks):
                         Problem(
                             path,
                             type(module).__name__,
-                            "learning_signal='random' sends the error through a fixed random "
-                            "matrix shaped like a Linear's or a Conv1d/Conv2d's weight; there "
-                            "is none for this synapse type.",
+                            f"learning_signal={learning_signal!r} sends the error through a "
+                            "random matrix shaped like a Linear's or a Conv1d/Conv2d's weight; "
+                            "there is none for this synapse type.",
                             "use learning_signal='backprop' or 'direct' for this model.",
                         )
                     )
         if plan.problems and strict:
             raise UnsupportedModuleError(plan.problems, supported_names())
         self.model = model
+        self.rule = rule
         self.variant, self.learning_signal, self.strict = variant, learning_signal, strict
         self.instantaneous_below = instantaneous_below or not strict
         self.trace_budget = trace_budget
@@ -266,11 +301,14 @@ class OSTL(ForwardHooks):
         self._order: dict[str, int] = {}
         self._handles: list[Any] = []
         self._attached = True
-        self.signals = FeedbackSignals(learning_signal, seed)
+        self.signals = FeedbackSignals(learning_signal, seed, getattr(rule, "feedback_decay", 0.0))
+        for layer in self.layers.values():
+            layer.rule = rule
         # torch.compiler.disable: a compiled forward runs the hooks eagerly, between its
         # graphs (tracing them would bake one step's bookkeeping into the graph)
         eager = torch.compiler.disable
-        for layer in self.layers.values():
+        engine_layers = self.layers if rule.uses_engine else {}
+        for layer in engine_layers.values():
             layer.on_refused = self._refused_windows
             self._handles.append(
                 layer.module.register_forward_pre_hook(
@@ -283,13 +321,13 @@ class OSTL(ForwardHooks):
                     eager(self._make_post(layer)), with_kwargs=True, always_call=True
                 )
             )
-        for module in self._synapse_paths:
+        for module in self._synapse_paths if rule.uses_engine else ():
             self._handles.append(module.register_forward_pre_hook(eager(self._synapse_pre)))
             self._handles.append(
                 module.register_forward_hook(eager(self._synapse_post), always_call=True)
             )
         self._chain_paths = {m: p for p, m in plan.chain_modules.items()}
-        for module in self._chain_paths:  # only to know which ran before which layer
+        for module in self._chain_paths if rule.uses_engine else ():  # (which ran first)
             self._handles.append(module.register_forward_pre_hook(eager(self._chain_module_pre)))
         if learning_signal == "direct":
             self._handles.append(model.register_forward_hook(eager(self._model_post)))
@@ -298,6 +336,7 @@ class OSTL(ForwardHooks):
             _flush_on_optimizer_steps(self)
         for module in model.modules():
             _ATTACHED[module] = self
+        self._handles.extend(rule.attach(self))
 
     # ------------------------------------------------------------------ public API
     def reset(self) -> None:
@@ -314,6 +353,7 @@ class OSTL(ForwardHooks):
         self._latest.clear()
         self._recurrent_now.clear()
         self.signals.reset()
+        self.rule.reset()
         if refused is not None:
             raise refused
 
@@ -495,7 +535,8 @@ class OSTL(ForwardHooks):
 
     def __repr__(self) -> str:
         return (
-            f"OSTL(variant={self.variant!r}, learning_signal={self.learning_signal!r}, "
+            f"OSTL(rule={self.rule.describe()!r}, variant={self.variant!r}, "
+            f"learning_signal={self.learning_signal!r}, "
             f"flush_every={self.flush_every}, layers={list(self.layers)}, "
             f"attached={self._attached})"
         )

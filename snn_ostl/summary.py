@@ -28,7 +28,13 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
     """
     rows: list[dict[str, str]] = []
     owned: set[int] = set()
-    for path, layer in learner.layers.items():
+    rule = learner.rule
+    if not rule.uses_engine:  # the rule keeps its own traces (SuperSpike)
+        for row in rule.summary_rows():
+            owned.add(id(learner.model.get_parameter(row["parameter"])))
+            rows.append({**row, "memory": _mib(int(row.pop("bytes")))})
+    label = learner.variant if rule.name in (learner.variant, "rule") else rule.name
+    for path, layer in learner.layers.items() if rule.uses_engine else ():
         cell = type(layer.module).__name__
         if not layer.bound:
             rows.append(
@@ -37,7 +43,7 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
                     "cell": cell,
                     "parameter": "(not run yet)",
                     "form": "chosen at the first step",
-                    "gradient": f"{learner.variant} eligibility",
+                    "gradient": f"{label} eligibility",
                     "memory": "-",
                 }
             )
@@ -45,9 +51,12 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
         approx = "; ".join(layer.adapter.approximations(layer.module))
         for g in layer.groups:
             owned.add(id(g.param))
-            kind = f"{learner.variant} eligibility"
+            kind = f"{label} eligibility"
             if learner.variant == "ostl":
                 kind = _EXACTNESS[g.form]
+                mask = getattr(rule, "n", None)
+                if g.form == "full-jacobian" and mask is not None:
+                    kind = f"{label} eligibility (entries reached within {mask} step(s))"
             if g.fused:
                 kind += ", fused into the synapse's backward"
             if g.chain is not None and g.chain.through != "none":
@@ -108,6 +117,7 @@ def summary_rows(learner: OSTL) -> list[dict[str, str]]:
 def render_summary(learner: OSTL) -> str:
     """The rows of :func:`summary_rows` as an aligned text table."""
     rows = summary_rows(learner)
+    rule = learner.rule
     head = {
         "module": "module",
         "cell": "cell",
@@ -122,12 +132,14 @@ def render_summary(learner: OSTL) -> str:
     }
     line = "  ".join(head[c].ljust(widths[c]) for c in cols)
     out = [
-        f"OSTL learner: variant={learner.variant}, learning_signal={learner.learning_signal}",
+        f"OSTL learner: rule={rule.describe()}, variant={learner.variant}, "
+        f"learning_signal={learner.learning_signal}",
         line,
         "-" * len(line),
     ]
     out += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in rows]
     total = sum(g.trace_bytes() for layer in learner.layers.values() for g in layer.groups)
+    total += rule.trace_bytes() if hasattr(rule, "trace_bytes") else 0
     out.append(f"total trace memory: {_mib(total)}")
     per_synapse = any(
         g.form == "per-synapse" and g.chain is None

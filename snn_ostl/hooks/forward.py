@@ -245,6 +245,7 @@ class ForwardHooks(StepGuards):
                 layer.note_output(layer.adapter.spikes(output))
             layer.after_step(layer.adapter.new_state(module, args, kwargs, output))
             self.signals.after_layer(layer, output)
+            self.rule.after_layer(layer, output)
             self._record_output(layer, output)
             return None
 
@@ -365,7 +366,7 @@ class ForwardHooks(StepGuards):
     def _internal_feedback(self, layer, args, kwargs, current, stack):
         """Random/direct feedback for a layer whose input weights live inside the module."""
         module, adapter = layer.module, layer.adapter
-        if self.learning_signal == "direct":
+        if self.learning_signal in ("direct", "local"):
             return adapter.write_input(module, args, kwargs, current.detach())
         inputs = [s for s in adapter.internal_synapses(module) if s.source == "input"]
         if inputs:

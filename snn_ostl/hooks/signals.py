@@ -3,8 +3,13 @@
 - ``"backprop"``: exact instantaneous backprop (the default; nothing to do here).
 - ``"random"``: feedback alignment. Every synapse whose input carries a gradient sends the error
   down through a fixed random matrix of its weight's shape instead of the weight itself.
+- ``"adaptive"``: random feedback whose matrices receive every update their weights receive,
+  ``B ← (1 - decay) B + ΔW`` (adaptive e-prop; Kolen-Pollack learning). ``ΔW`` is read from
+  the weight itself at its next use, so any optimizer and schedule works.
 - ``"direct"``: direct feedback alignment. No error flows between layers; the error at the
   model's output reaches each stateful layer's output through a fixed random matrix.
+- ``"local"``: no error flows between layers at all; each layer learns from what reaches its
+  own output (DECOLLE's local readouts, :mod:`snn_ostl.rules.decolle`).
 
 The matrices are drawn once per module from ``seed`` and kept for the learner's lifetime, so the
 feedback is fixed across steps and reproducible.
@@ -72,13 +77,15 @@ class FeedbackSignals:
     """Implements the ``learning_signal`` option of :class:`snn_ostl.OSTL`.
 
     Args:
-        kind: ``"backprop"``, ``"random"`` or ``"direct"``.
+        kind: ``"backprop"``, ``"random"``, ``"adaptive"``, ``"direct"`` or ``"local"``.
         seed: Seed of the random matrices.
+        decay: Weight decay of the adaptive matrices per update of their weight.
     """
 
-    def __init__(self, kind: str, seed: int) -> None:
-        self.kind, self.seed = kind, seed
+    def __init__(self, kind: str, seed: int, decay: float = 0.0) -> None:
+        self.kind, self.seed, self.decay = kind, seed, decay
         self.matrices: dict[Any, Tensor] = {}
+        self._seen: dict[Any, Tensor] = {}  # adaptive: each weight as its matrix last saw it
         self._inputs: dict[nn.Module, Tensor] = {}
         self._hidden: list[tuple[str, Tensor]] = []
 
@@ -100,8 +107,23 @@ class FeedbackSignals:
         return matrix
 
     def matrix_for(self, key: Any, weight: Tensor) -> Tensor:
-        """The fixed random matrix that replaces ``weight`` in the backward pass."""
-        return self._matrix(key, tuple(weight.shape), weight, weight[0].numel())
+        """The random matrix that replaces ``weight`` in the backward pass.
+
+        Fixed for ``"random"``; for ``"adaptive"`` it first takes in the change of ``weight``
+        since its last use (the optimizer's update), decayed by ``decay``.
+        """
+        matrix = self._matrix(key, tuple(weight.shape), weight, weight[0].numel())
+        if self.kind == "adaptive":
+            now = weight.detach()
+            seen = self._seen.get(key)
+            if seen is None or seen.shape != now.shape:
+                self._seen[key] = now.clone()
+            elif not torch.equal(seen, now):
+                # out of place: a graph not yet backpropagated may hold the old matrix
+                matrix = matrix * (1.0 - self.decay) + (now - seen)
+                self.matrices[key] = matrix
+                seen.copy_(now)
+        return matrix
 
     # ---------------------------------------------------------------- synapses
     def before_synapse(self, module: nn.Module, args: tuple) -> tuple | None:
@@ -118,7 +140,7 @@ class FeedbackSignals:
     def after_synapse(self, module: nn.Module, args: tuple, output: Tensor, path: str) -> Tensor:
         """Route the error to the synapse's input through a fixed random matrix."""
         x = self._inputs.pop(module, None)
-        if self.kind != "random" or x is None:
+        if self.kind not in ("random", "adaptive") or x is None:
             return output
         matrix = self.matrix_for(path, module.weight)
         return _RandomFeedback.apply(output, x, matrix, SynapseOp.of(module), x.shape)

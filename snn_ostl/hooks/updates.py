@@ -31,6 +31,8 @@ class TraceUpdates:
     grad_reduce = None
     #: The learner's check of all its windows, run when one window refuses its flush.
     on_refused = None
+    #: The learner's learning rule (SnAp-n masks full traces after each step).
+    rule = None
 
     def _derivatives(self, step: StepRecord) -> ElementwiseDerivatives:
         adapter = self.adapter
@@ -133,6 +135,9 @@ class TraceUpdates:
             partials = current
             x = self._synapse_input(g.source, step).detach() if g.role == "weight" else None
         dense.add_immediate(g.trace, g.role, [partials[k] for k in states], like, x, g.param)
+        mask = self.rule.trace_mask(self, g) if self.rule is not None else None
+        if mask is not None:  # SnAp-n: drop the entries the weight does not reach in n steps
+            g.trace.mul_(mask)
 
     def _advance_dense_cell(self, step: StepRecord) -> None:
         adapter = self.adapter
