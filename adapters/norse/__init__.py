@@ -29,8 +29,9 @@ an internal synapse driven by it, which makes ``J_t`` a full matrix (their reset
 in Norse). Their variants ``"ostl-no-h"`` and ``"eprop"`` both cut ``z_{t-1}`` inside the cell
 (the only place it acts), which leaves per-synapse traces. For the feed-forward cells
 ``"ostl-no-h"`` is ``"ostl"`` (no recurrent weights) and ``"eprop"`` detaches the step's own spike
-wherever the state update uses it (the reset gate; the threshold adaptation of ``LSNNCell`` and
-``LIFAdExCell``), the analogue of the SNU's detached ``y_{t-1}``.
+in the reset gate, the analogue of the SNU's detached ``y_{t-1}``; the threshold adaptation of
+``LSNNCell`` and ``LIFAdExCell`` keeps the spike's path, as the ALIF eligibility of Bellec et al.
+(2020) does.
 
 ``LSNNCell`` lets its current in *after* the spike decision (``z_t`` depends on ``s_{t-1}`` only),
 so an error at step t never reaches a layer below an LSNN layer within the step: OSTL (exactly

@@ -12,10 +12,12 @@ from norse.torch.functional.threshold import threshold
 
 
 # ---------------------------------------------------------------------------- e-prop steps
-# Norse's feed-forward steps with every in-step use of the step's own spike z_t detached (the
-# reset gate, and the adaptation of LSNN/AdEx): the e-prop variant, "no path through the layer's
-# own spikes". Copies of Norse 1.1.0's code apart from ``zc``; the tests check that their values
-# equal Norse's bit for bit.
+# Norse's feed-forward steps with the step's own spike z_t detached in the reset gate: the e-prop
+# variant, "no path through the layer's own spikes" into the membrane. The threshold adaptation
+# of LSNN and AdEx keeps z_t's path, as the ALIF eligibility of Bellec et al. (2020) does
+# (ε^a_{t+1} = ψ_t ε^v_t + (ρ - ψ_t β) ε^a_t: the adaptation sees the spike's pseudo-derivative).
+# Copies of Norse 1.1.0's code apart from ``zc``; the tests check that their values equal
+# Norse's bit for bit.
 def _lif_eprop_step(input_tensor, state, p, dt=0.001):
     i_new = state.i + input_tensor
     dv = dt * p.tau_mem_inv * ((p.v_leak - state.v) + i_new)
@@ -54,7 +56,7 @@ def _lsnn_eprop_step(input_tensor, state, p, dt=0.001):
     z_new = threshold(v_decayed - b_decayed, p.method, p.alpha)
     zc = z_new.detach()
     v_new = (1 - zc) * v_decayed + zc * p.v_reset
-    b_new = b_decayed + zc * p.beta
+    b_new = b_decayed + z_new * p.beta
     i_new = i_decayed + input_tensor
     return z_new, LSNNFeedForwardState(v=v_new, i=i_new, b=b_new)
 
@@ -72,5 +74,5 @@ def _lif_adex_eprop_step(input_spikes, state, p, dt=0.001):
     z_new = threshold(v_decayed - p.v_th, p.method, p.alpha)
     zc = z_new.detach()
     v_new = (1 - zc) * v_decayed + zc * p.v_reset
-    a_new = a_decayed + zc * p.adaptation_spike
+    a_new = a_decayed + z_new * p.adaptation_spike
     return z_new, LIFAdExFeedForwardState(v_new, i_decayed, a_new)
