@@ -21,6 +21,8 @@ memory: meant for cells of tens to a few hundred units, as in the paper.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -58,10 +60,17 @@ def _check_batched(module: nn.Module, x: Tensor) -> None:
 
 
 class _TorchCellAdapter(DenseAdapter):
-    """What the three torch cells share: the ``hx`` argument, zero initial state, no variants."""
+    """What the three torch cells share: the ``hx`` argument and a zero initial state.
+
+    ``variant="ostl-no-h"`` (RFLO's eligibility) leaves the hidden-to-hidden weights out of
+    the Jacobian: the states that act only through them (``recurrent_only``: ``h`` of the RNN
+    and LSTM cells) enter the step detached and their Jacobian columns are zero. The GRU's
+    ``h`` also enters its update directly, so the GRU has no such variant.
+    """
 
     framework = "torch"
-    variants = ("ostl",)
+    variants: tuple[str, ...] = ("ostl",)
+    recurrent_only: tuple[int, ...] = ()
 
     def current(self, module: nn.Module, args: tuple, kwargs: dict) -> Tensor:
         return _input(args, kwargs)
@@ -93,15 +102,54 @@ class _TorchCellAdapter(DenseAdapter):
 
     def problems(self, module: nn.Module, variant: str) -> list[tuple[str, str]]:
         if variant not in self.variants:
+            why = (
+                "its hidden state also enters the update directly, so the hidden-to-hidden "
+                "weights cannot be left out alone"
+                if variant == "ostl-no-h"
+                else "it has no spike state to cut"
+            )
             return [
                 (
-                    f"variant {variant!r} is not defined for {type(module).__name__}: its "
-                    "hidden-to-hidden weights act inside the gates, so there is no separate "
-                    "recurrent term to leave out and no spike state to cut.",
-                    "use variant='ostl' (the paper's generic OSTL) for torch RNN cells.",
+                    f"variant {variant!r} is not defined for {type(module).__name__}: {why}.",
+                    "use variant='ostl' (the paper's generic OSTL) for this cell"
+                    + ("; nn.RNNCell and nn.LSTMCell offer 'ostl-no-h' (RFLO)." if
+                       variant == "ostl-no-h" else "."),
                 )
             ]
         return []
+
+    @contextlib.contextmanager
+    def variant_forward(self, module: nn.Module, variant: str) -> Iterator[None]:
+        if variant not in self.variants:
+            raise NotImplementedError(f"{type(self).__name__} does not implement {variant!r}")
+        if variant != "ostl-no-h":
+            yield
+            return
+        cut = self.recurrent_only
+        original = type(module).forward
+
+        def forward(input: Tensor, hx: Any = None) -> Any:
+            if isinstance(hx, Tensor):
+                hx = hx.detach()
+            elif hx is not None:
+                hx = tuple(h.detach() if k in cut else h for k, h in enumerate(hx))
+            return original(module, input, hx)
+
+        module.forward = forward
+        try:
+            yield
+        finally:
+            del module.forward
+
+    def cut_jacobian(self, jacobian: Tensor, module: nn.Module, variant: str) -> Tensor:
+        """Zero the columns of the states ``variant`` holds fixed (``[B, S*N, S*N]``)."""
+        if variant != "ostl-no-h" or not self.recurrent_only:
+            return jacobian
+        n = module.hidden_size
+        view = jacobian.view(jacobian.shape[0], jacobian.shape[1], len(self.state_names), n)
+        for k in self.recurrent_only:
+            view[:, :, k, :] = 0
+        return jacobian
 
 
 Weights = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
@@ -152,6 +200,8 @@ class RNNCellAdapter(_TorchCellAdapter):
     """``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``; state ``(h,)``."""
 
     state_names = ("h",)
+    variants = ("ostl", "ostl-no-h")
+    recurrent_only = (0,)
 
     def step(self, module, inputs, state, params):
         return (rnn_cell(inputs, state[0], _weights(module, params), module.nonlinearity),)
@@ -191,6 +241,8 @@ class LSTMCellAdapter(_TorchCellAdapter):
     """The LSTM cell; state ``(h, c)``, both part of the Jacobian."""
 
     state_names = ("h", "c")
+    variants = ("ostl", "ostl-no-h")
+    recurrent_only = (0,)
 
     def write_state(self, module, args, kwargs, state):
         return self._with_hx(args, kwargs, (state[0], state[1]))

@@ -246,19 +246,8 @@ class OSTL(ForwardHooks):
         plan = plan_model(model, variant)
         plan.problems.extend(rule.problems(self, plan))
         if learning_signal in ("random", "adaptive"):
-            for path, (module, adapter) in plan.layers.items():
-                if adapter.kind == "dense":
-                    plan.problems.append(
-                        Problem(
-                            path,
-                            type(module).__name__,
-                            f"learning_signal={learning_signal!r} replaces a synapse's weights "
-                            "by a random matrix in the backward pass, but this cell's input "
-                            "weights live inside its step.",
-                            "use learning_signal='backprop' or 'direct' for this model, or feed "
-                            "the cell from an external Linear.",
-                        )
-                    )
+            # (a torch RNN cell, whose input weights live inside its step, is refused at its
+            # first step if its input carries a gradient: at the bottom of a model it needs none)
             for path, module in plan.synapses.items():
                 if type(module) not in (nn.Linear, nn.Conv1d, nn.Conv2d):
                     plan.problems.append(

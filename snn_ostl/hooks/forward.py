@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from snn_ostl.adapter import DenseAdapter
 from snn_ostl.chains.walk import Block, ChainTooLongError, walk
 from snn_ostl.errors import (
     ConfigurationError,
@@ -220,6 +221,9 @@ class ForwardHooks(StepGuards):
             inputs["input"] = found[1]
         self._note(layer.path)
         state = layer.before_step(tuple(prev), current, inputs)
+        fixed = getattr(adapter, "recurrent_only", ()) if self.variant == "ostl-no-h" else ()
+        if fixed:  # (torch RNN cells) states that act only through the hidden-to-hidden weights
+            state = tuple(s.detach() if k in fixed else s for k, s in enumerate(state))
         self._track_pending(layer)
         if owns_input and current.requires_grad and self.learning_signal != "backprop":
             stack = contextlib.ExitStack()
@@ -368,6 +372,21 @@ class ForwardHooks(StepGuards):
         module, adapter = layer.module, layer.adapter
         if self.learning_signal in ("direct", "local"):
             return adapter.write_input(module, args, kwargs, current.detach())
+        if isinstance(adapter, DenseAdapter):
+            raise ConfigurationError(
+                [
+                    Problem(
+                        layer.path,
+                        type(module).__name__,
+                        f"learning_signal={self.learning_signal!r} sends the error below a "
+                        "layer through a random matrix in place of its input weights, but "
+                        "this cell's input weights live inside its step, and its input "
+                        "carries a gradient (a layer below learns from it).",
+                        "put this cell at the bottom of the model, feed it from an external "
+                        "Linear, or use learning_signal='backprop' or 'direct'.",
+                    )
+                ]
+            )
         inputs = [s for s in adapter.internal_synapses(module) if s.source == "input"]
         if inputs:
             weight = getattr(module, inputs[0].weight)

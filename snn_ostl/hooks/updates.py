@@ -144,6 +144,9 @@ class TraceUpdates:
         assert isinstance(adapter, DenseAdapter)
         params = {g.key: g.param for g in self.groups}
         d = adapter.derivatives(self.module, step.current, step.prev, params)
+        cut = getattr(adapter, "cut_jacobian", None)
+        if cut is not None:
+            d.state = cut(d.state, self.module, self.variant)
         for g in self.groups:
             immediate = d.params[g.key]
             if g.trace is None:

@@ -225,6 +225,19 @@ class SuperSpike(Rule):
 
         return hook
 
+    @staticmethod
+    def _foreign_backward(layer: _SpikingLayer):
+        def hook(grad: Tensor) -> None:
+            raise StateError(
+                f"{layer.path}: a backward pass reached this layer through the model's graph. "
+                "Under SuperSpike no weight gradient flows through the model: the update comes "
+                "from learner.rule.van_rossum(output_spikes, target_spikes).backward(). A loss "
+                "on the model's output would leave .grad untouched; backpropagate the van "
+                "Rossum loss instead (or use another rule for this loss)."
+            )
+
+        return hook
+
     def _post(self, layer: _SpikingLayer):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             if layer.leaves is None or not torch.is_grad_enabled():
@@ -242,6 +255,8 @@ class SuperSpike(Rule):
                 allow_unused=True,
             )
             self._advance(layer, x, partials, a)
+            # from now on, any gradient reaching the step is a loss the rule does not see
+            a.register_hook(self._foreign_backward(layer))
             layer.spikes = spikes
             self._by_spikes[id(spikes)] = (weakref.ref(spikes), layer.path)
             return None
@@ -416,7 +431,9 @@ class SuperSpike(Rule):
             matrix = self.feedback_matrix(layer) if below is not None else None
             chain.append((layer, layer.elig, layer.elig_bias, matrix))
             layer = below
-        return _Deliver.apply(value, output, self, chain, err)
+        # the result hangs on a leaf of its own: its backward never enters the model's graph
+        anchor = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
+        return _Deliver.apply(value, anchor, self, chain, err)
 
     @staticmethod
     def deliver(chain: list, err: Tensor, scale: Tensor) -> None:
@@ -475,7 +492,7 @@ class _Deliver(torch.autograd.Function):
     """The van Rossum loss whose backward writes SuperSpike's update into ``.grad``."""
 
     @staticmethod
-    def forward(ctx, value, output, rule, chain, err):  # type: ignore[override]
+    def forward(ctx, value, anchor, rule, chain, err):  # type: ignore[override]
         ctx.rule, ctx.chain, ctx.err = rule, chain, err
         return value.clone()
 

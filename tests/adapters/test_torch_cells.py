@@ -19,7 +19,7 @@ from torch import nn
 import snn_ostl
 from snn_ostl.errors import StateError, UnsupportedModuleError
 from snn_ostl.registry import adapter_for, registered
-from snn_ostl.testing import compare, oracle_gradients, ostl_gradients
+from snn_ostl.testing import compare, max_relative_error, oracle_gradients, ostl_gradients
 
 load_available()
 
@@ -287,3 +287,76 @@ def test_autograd_reference_path_trains_the_same(monkeypatch):
     monkeypatch.setattr(adapter_type, "derivatives", DenseAdapter.derivatives)
     generic, _, _ = ostl_gradients(model, run, instantaneous_below=True)
     assert max(compare(written, generic).values()) <= 1e-12
+
+
+RECURRENT_ONLY = [
+    ("rnn", lambda: nn.RNNCell(4, 5, dtype=DT)),
+    ("lstm", lambda: nn.LSTMCell(4, 5, dtype=DT)),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in RECURRENT_ONLY], ids=[n for n, _ in RECURRENT_ONLY])
+def test_without_hidden_to_hidden_equals_its_oracle_and_differs_from_ostl(make):
+    """``variant="ostl-no-h"`` (RFLO's eligibility): BPTT with ``h_{t-1}`` detached where it
+    enters the gates, for two stacked cells; the exact OSTL gradient is another one."""
+    torch.manual_seed(3)
+    model = Stack(make, depth=2)
+    x, target = _data(model.inputs, seed=3)
+    run = _runner(model, x, target)
+    grads, owners, order = ostl_gradients(model, run, variant="ostl-no-h", instantaneous_below=True)
+    reference = oracle_gradients(model, run, owners, order, variant="ostl-no-h")
+    assert max(compare(grads, reference).values()) <= TOL
+    exact, _, _ = ostl_gradients(model, run, instantaneous_below=True)
+    assert compare(grads, exact)["cells.1.weight_hh"] > 1e-3
+
+
+def test_rflo_on_an_rnn_cell_equals_murrays_rule_with_tau_one():
+    """RFLO on ``nn.RNNCell`` (τ = 1): ``q_t = φ'(u_t) r_t``, the readout error sent back
+    through the fixed random matrix ``B``; written out against the learner."""
+    torch.manual_seed(4)
+    model = Stack(lambda: nn.RNNCell(4, 5, dtype=DT), depth=1)
+    x, target = _data(model.inputs, seed=4)
+    with snn_ostl.OSTL(model, rule="rflo", seed=2) as learner:
+        learner.reset()
+        states = [None]
+        for t in range(T):
+            out, states = model(x[t], states)
+            ((out - target[t]) ** 2).sum().backward()
+        feedback = learner.signals.matrices["readout"]
+    cell = model.cells[0]
+    w_ih, w_hh = cell.weight_ih.detach(), cell.weight_hh.detach()
+    b = cell.bias_ih.detach() + cell.bias_hh.detach()
+    h = torch.zeros(B, 5, dtype=DT)
+    expected = {"weight_ih": torch.zeros_like(w_ih), "weight_hh": torch.zeros_like(w_hh)}
+    for t in range(T):
+        u = x[t] @ w_ih.T + h @ w_hh.T + b
+        h_new = torch.tanh(u)
+        err = 2 * (
+            h_new @ model.readout.weight.detach().T + model.readout.bias.detach() - target[t]
+        )
+        signal = (err @ feedback) * (1 - h_new**2)  # B ε_t, times φ'(u_t)
+        expected["weight_ih"] += signal.T @ x[t]
+        expected["weight_hh"] += signal.T @ h
+        h = h_new
+    for name, value in expected.items():
+        got = getattr(cell, name).grad
+        assert max_relative_error(got, value) <= TOL, name
+    assert not torch.allclose(feedback, model.readout.weight.detach())
+
+
+def test_gru_has_no_variant_without_hidden_to_hidden():
+    model = nn.Sequential(nn.GRUCell(3, 4, dtype=DT))
+    with pytest.raises(UnsupportedModuleError, match=r"also enters the update directly"):
+        snn_ostl.OSTL(model, rule="rflo")
+
+
+def test_random_feedback_refuses_a_cell_whose_input_learns():
+    """A torch cell above another layer cannot send the error down through a random matrix
+    (its input weights live inside its step): refused at its first step, with the fix."""
+    torch.manual_seed(5)
+    model = Stack(lambda: nn.RNNCell(4, 5, dtype=DT), depth=2)
+    x, _ = _data(model.inputs, seed=5)
+    with snn_ostl.OSTL(model, rule="rflo", instantaneous_below=True) as learner:
+        learner.reset()
+        with pytest.raises(UnsupportedModuleError, match=r"cells.1 \(RNNCell\).*bottom"):
+            model(x[0], [None, None])
