@@ -168,6 +168,29 @@ class SnAp(Rule):
     def reset(self) -> None:
         self._masks.clear()  # weights may have changed sparsity between sequences
 
+    def after_layer(self, layer: Any, output: Any) -> None:
+        """Refuse full traces that the mask does not reach (chains, hand-written recurrence)."""
+        # (a feed-forward layer's chain may mix neurons within a step, LayerNorm: every entry
+        # is reached at once there, so its exact traces are SnAp-n's too)
+        chained = any(g.form == "full-jacobian" and g.chain is not None for g in layer.groups)
+        if (chained and layer.recurrent) or getattr(layer, "fed_back", False):
+            from snn_ostl.errors import ConfigurationError
+
+            raise ConfigurationError(
+                [
+                    Problem(
+                        layer.path,
+                        type(layer.module).__name__,
+                        f"{self.name} masks the full traces of a recurrent neuron fed by its "
+                        "Linear synapse; this layer's full traces run through a chain of "
+                        "operations or through recurrence written in the forward, where the "
+                        "mask is not applied.",
+                        "feed the recurrent neuron from its Linear directly, or use "
+                        "rule='ostl' (exact) or 'ostl-no-h' for this model.",
+                    )
+                ]
+            )
+
     def trace_mask(self, layer: Any, group: Any) -> Tensor | None:
         """``[R*N, P]`` mask of the entries of a ``[B, R*N, P]`` trace that SnAp-n keeps."""
         key = (id(layer), group.name)
