@@ -117,6 +117,8 @@ def contract(g: TraceGroup, trace: Any, grads: Sequence[Tensor | None]) -> Tenso
     if trace is None:
         return None
     shape = g.param.shape
+    if g.snap:  # SnAp-n reads its history at the new state (Layer._snap_history)
+        return None
     if g.form == "full-jacobian":
         states = g.states if g.states is not None else range(len(grads))
         out = T.contract_dense([grads[k] for k in states], trace, shape)

@@ -9,16 +9,17 @@ step. :class:`snn_ostl.hooks.layer.Layer` inherits these methods.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from snn_ostl.adapter import DenseAdapter, ElementwiseAdapter, StepRecord
 from snn_ostl.chains.windowed import window_for
 from snn_ostl.derivatives import ElementwiseDerivatives, Factored
-from snn_ostl.traces import dense
+from snn_ostl.traces import dense, snap
 from snn_ostl.traces import forms as T
 from snn_ostl.traces import per_synapse as PS
 from snn_ostl.traces.derived import fold_jacobian
-from snn_ostl.traces.groups import as_number
+from snn_ostl.traces.groups import as_number, stack_partials
 from snn_ostl.traces.window import PLACEHOLDER
 
 __all__ = ["TraceUpdates"]
@@ -116,28 +117,72 @@ class TraceUpdates:
         like = step.prev[0]
         states = tuple(k for k in range(d.num_states) if not (g.folded and k in d.derived))
         g.states = states
+        compact = (
+            getattr(self.rule, "n", None) == 1
+            and g.role in ("weight", "bias")
+            and g.param.dim() > 0
+        )
+        masked = getattr(self.rule, "masks_traces", False)
+        g.snap = masked
+        if compact:  # SnAp-1: the entries of each element's own unit, [B, R, P]
+            g.units = snap.units(g.param, like[0].numel())
+            if g.trace is not None:
+                jacobian = self._full_jacobian(jac, current, like, states, previous, g, jacobians)
+                g.trace = snap.advance(jacobian, g.trace, g.units, len(states))
+                self._snap_history(g, step, states, set(d.derived))
+            x = self._synapse_input(g.source, step).detach() if g.role == "weight" else None
+            fresh = snap.immediate(stack_partials([current[k] for k in states], like), x)
+            g.trace = fresh if g.trace is None else g.trace + fresh
+            return
         if g.trace is None:
             g.trace = dense.zeros(like, len(states), g.param.numel())
         else:
-            if states not in jacobians:
-                recurrent = [
-                    (s.source, self.module.get_parameter(s.weight).detach())
-                    for s in self._internal()
-                    if isinstance(s.source, int)
-                ]
-                jacobians[states] = dense.jacobian(
-                    jac, current, like, states, recurrent, previous if g.folded else {}
-                )
-            g.trace = T.update_dense(jacobians[states], g.trace)
+            jacobian = self._full_jacobian(jac, current, like, states, previous, g, jacobians)
+            g.trace = T.update_dense(jacobian, g.trace)
+            if masked:  # SnAp-n: drop the entries the weight does not reach in n steps
+                g.trace.mul_(self.rule.trace_mask(self, g))
+                self._snap_history(g, step, states, set(d.derived))
+                g.trace = g.trace.clone()  # the history above keeps its own copy
         if g.role == "neuron":
             partials, x = d.params[g.key], None
         else:
             partials = current
             x = self._synapse_input(g.source, step).detach() if g.role == "weight" else None
         dense.add_immediate(g.trace, g.role, [partials[k] for k in states], like, x, g.param)
-        mask = self.rule.trace_mask(self, g) if self.rule is not None else None
-        if mask is not None:  # SnAp-n: drop the entries the weight does not reach in n steps
-            g.trace.mul_(mask)
+
+    def _snap_history(self, g, step: StepRecord, states: tuple[int, ...], derived: set) -> None:
+        """Read SnAp's history term ``δ_t · M⊙(J_t ẽ_{t-1})`` at the new state.
+
+        SnAp-n's gradient at step t is ``δ_t · ẽ_t`` with the masked trace ``ẽ_t``; read
+        through the previous state (``δ_t J_t · ẽ_{t-1}``), the history would take in the
+        entries the mask drops. So these groups add nothing through the previous state (see
+        :func:`snn_ostl.hooks.history.contract`); a hook on each kept state of step t adds
+        its part of the masked history when that state's gradient arrives. A derived state
+        (the SNU's ``y = h(s)``) gets no hook: its rows are ``h'`` times its base state's, and
+        the gradient at the base state already takes in the path through it.
+        """
+        history = g.trace  # M⊙(J_t ẽ_{t-1}): [B, R, P] (SnAp-1) or [B, R*N, P]
+        neurons = step.prev[0][0].numel()
+        compact = g.units is not None
+        for row, k in enumerate(states):
+            new = step.new[k]
+            if k in derived or not new.requires_grad:
+                continue
+            part = history[:, row] if compact else history[:, row * neurons : (row + 1) * neurons]
+            new.register_hook(_snap_hook(g, part, compact))
+
+    def _full_jacobian(self, jac, current, like, states, previous, g, jacobians) -> Tensor:
+        """``J_t`` over ``states`` as ``[B, R*N, R*N]``, built once per step per state set."""
+        if states not in jacobians:
+            recurrent = [
+                (s.source, self.module.get_parameter(s.weight).detach())
+                for s in self._internal()
+                if isinstance(s.source, int)
+            ]
+            jacobians[states] = dense.jacobian(
+                jac, current, like, states, recurrent, previous if g.folded else {}
+            )
+        return jacobians[states]
 
     def _advance_dense_cell(self, step: StepRecord) -> None:
         adapter = self.adapter
@@ -164,3 +209,21 @@ class TraceUpdates:
                 g.trace.view(batch, size * width, -1).baddbmm_(
                     rows.reshape(batch, size * width, 1), x.reshape(batch, 1, -1)
                 )
+
+
+def _snap_hook(g, part: Tensor, compact: bool):
+    """Add ``Σ_b δ_t[b, unit] · part[b, ...]`` to the parameter's ``.grad``."""
+
+    def hook(grad: Tensor) -> None:
+        flat = grad.detach().reshape(grad.shape[0], -1).to(part.dtype)
+        if compact:
+            term = torch.einsum("bp,bp->p", flat[:, g.units], part)
+        else:
+            term = torch.einsum("bn,bnp->p", flat, part)
+        term = term.reshape(g.param.shape).to(g.param.dtype)
+        if g.param.grad is None:
+            g.param.grad = term
+        else:
+            g.param.grad.add_(term)
+
+    return hook

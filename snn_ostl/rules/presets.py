@@ -134,6 +134,7 @@ class SnAp(Rule):
 
     variant = "ostl"
     keeps = "the Jacobian entries a weight reaches within n steps"
+    masks_traces = True
 
     def __init__(self, n: int = 1) -> None:
         if n not in (1, 2):

@@ -25,6 +25,7 @@ target)`` returns the step's van Rossum loss, whose ``backward()`` adds every la
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -295,7 +296,14 @@ class SuperSpike(Rule):
             s = tuple(
                 t.detach().clone().requires_grad_(True) for t in adapter.initial_state(module, like)
             )
-            new = adapter.cell(module, a, s, params)
+            # the e-prop form of the step where the adapter has one: the reset then holds the
+            # spike fixed, so a reset to another value than the leak adds nothing at rest
+            takes_variant = "variant" in inspect.signature(adapter.cell).parameters
+            new = (
+                adapter.cell(module, a, s, params, variant="eprop")
+                if takes_variant
+                else adapter.cell(module, a, s, params)
+            )
             decay, drive = [], []
             for out in new:
                 grads = torch.autograd.grad(

@@ -38,6 +38,8 @@ class TraceGroup:
         presynaptic: Per-synapse form: states kept as filtered inputs ``[B, I]``.
         folded: The trace leaves out the cell's derived states (:mod:`snn_ostl.traces.derived`).
         states: Full-Jacobian form: the state indices the trace keeps, in order.
+        units: Full-Jacobian form under SnAp-1: the unit each element feeds; the trace then
+            keeps only those entries, ``[B, R, P]`` (:mod:`snn_ostl.traces.snap`).
     """
 
     name: str
@@ -51,6 +53,9 @@ class TraceGroup:
     presynaptic: frozenset = frozenset()
     folded: bool = False
     states: tuple[int, ...] | None = None
+    units: Tensor | None = field(default=None, repr=False)
+    #: Under SnAp-n: the history term is added at the new state, not the previous one.
+    snap: bool = False
     trace: Any = field(default=None, repr=False)
     #: Per-synapse form: the advance of ``trace`` to the latest step, when not yet applied.
     pending: Any = field(default=None, repr=False)
