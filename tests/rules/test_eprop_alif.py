@@ -28,7 +28,7 @@ norse = pytest.importorskip("norse.torch")
 from norse.torch.functional.lsnn import LSNNParameters  # noqa: E402
 
 DT = torch.float64
-T, B, I, N, O = 25, 3, 4, 6, 2
+T, B, IN, N, OUT = 25, 3, 4, 6, 2
 # every field in float64: Norse's float32 defaults would round dt * tau_mem_inv to float32
 P = LSNNParameters(
     tau_syn_inv=torch.as_tensor(200.0, dtype=DT),
@@ -45,10 +45,10 @@ STEP = 1e-3
 class RecurrentLSNN(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.fc_in = torch.nn.Linear(I, N, bias=False, dtype=DT)
+        self.fc_in = torch.nn.Linear(IN, N, bias=False, dtype=DT)
         self.fc_rec = torch.nn.Linear(N, N, bias=False, dtype=DT)
         self.lsnn = norse.LSNNCell(p=P)
-        self.readout = torch.nn.Linear(N, O, dtype=DT)
+        self.readout = torch.nn.Linear(N, OUT, dtype=DT)
         with torch.no_grad():
             self.fc_in.weight.mul_(40.0)
             self.fc_rec.weight.mul_(10.0)
@@ -60,8 +60,8 @@ class RecurrentLSNN(torch.nn.Module):
 
 def _data(seed=0):
     gen = seeded(seed)
-    x = (torch.rand(T, B, I, generator=gen, dtype=DT) < 0.4).to(DT)
-    y = torch.randn(T, B, O, generator=gen, dtype=DT)
+    x = (torch.rand(T, B, IN, generator=gen, dtype=DT) < 0.4).to(DT)
+    y = torch.randn(T, B, OUT, generator=gen, dtype=DT)
     return x, y
 
 
