@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from snn_ostl.errors import Problem
     from snn_ostl.learner import OSTL
 
-__all__ = ["Rule", "make_rule", "register_rule", "rule_names"]
+__all__ = ["Rule", "make_rule", "refuse_distributed", "register_rule", "rule_names"]
 
 _RULES: dict[str, Callable[[], Rule]] = {}
 
@@ -127,3 +127,28 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"
+
+
+def refuse_distributed(rule: Rule, path: str, module_type: str) -> None:
+    """Refuse a rule that writes ``.grad`` outside autograd under several processes.
+
+    DistributedDataParallel averages only what its backward pass sees; a term added to
+    ``.grad`` by a hook of the rule would stay this rank's own, a silently wrong gradient.
+    """
+    from snn_ostl.hooks.distributed import running_distributed
+
+    if running_distributed():
+        from snn_ostl.errors import ConfigurationError, Problem
+
+        raise ConfigurationError(
+            [
+                Problem(
+                    path,
+                    module_type,
+                    f"rule {rule.name!r} adds its terms to .grad outside the backward pass "
+                    "that DistributedDataParallel averages, so each rank would keep its own.",
+                    "train this rule in one process, or use rule='ostl', an e-prop rule, "
+                    "'rflo' or 'decolle' with several processes.",
+                )
+            ]
+        )

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from snn_ostl.errors import Problem
-from snn_ostl.rules.base import Rule, register_rule
+from snn_ostl.rules.base import Rule, refuse_distributed, register_rule
 
 __all__ = ["RFLO", "EProp", "OSTLRule", "SnAp"]
 
@@ -171,6 +171,8 @@ class SnAp(Rule):
 
     def after_layer(self, layer: Any, output: Any) -> None:
         """Refuse full traces that the mask does not reach (chains, hand-written recurrence)."""
+        if layer.recurrent:
+            refuse_distributed(self, layer.path, type(layer.module).__name__)
         # (a feed-forward layer's chain may mix neurons within a step, LayerNorm: every entry
         # is reached at once there, so its exact traces are SnAp-n's too)
         chained = any(g.form == "full-jacobian" and g.chain is not None for g in layer.groups)

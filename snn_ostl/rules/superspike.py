@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from snn_ostl.adapter import ElementwiseAdapter
 from snn_ostl.errors import ConfigurationError, Problem, StateError
-from snn_ostl.rules.base import Rule, register_rule
+from snn_ostl.rules.base import Rule, refuse_distributed, register_rule
 
 __all__ = ["SuperSpike", "double_exponential"]
 
@@ -189,6 +189,7 @@ class SuperSpike(Rule):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             if not torch.is_grad_enabled():
                 return None
+            refuse_distributed(self, layer.path, type(module).__name__)
             adapter = layer.adapter
             current = adapter.current(module, args, kwargs)
             found = next(((m, x) for m, (o, x) in self._recent.items() if o is current), None)

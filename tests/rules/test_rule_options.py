@@ -204,3 +204,30 @@ def test_superspike_refuses_a_loss_it_does_not_see_and_a_second_call():
         learner.rule.van_rossum(out, torch.zeros_like(out)).backward()
         with pytest.raises(StateError, match="called twice for the same step"):
             learner.rule.van_rossum(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("rule", ["snap-1", "superspike"])
+def test_rules_writing_grad_themselves_refuse_several_processes(rule, monkeypatch):
+    """SnAp-n and SuperSpike add terms to .grad outside the backward pass that DDP averages:
+    with several ranks they refuse at the first step instead of training each rank apart."""
+    import snn_ostl.hooks.distributed as distributed
+
+    monkeypatch.setattr(distributed, "running_distributed", lambda: True)
+    norse = pytest.importorskip("norse.torch")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2, dtype=DT)
+            self.lif = norse.LIFCell()
+
+        def forward(self, x, state):
+            return self.lif(self.fc(x), state)
+
+    net = TwoLayers(recurrent=True) if rule == "snap-1" else Net()
+    refused = pytest.raises(UnsupportedModuleError, match="DistributedDataParallel")
+    with snn_ostl.OSTL(net, rule=rule) as learner, refused:
+        if rule == "snap-1":
+            _sequence(net, learner, steps=1)
+        else:
+            net(torch.rand(2, 3, dtype=DT), None)
