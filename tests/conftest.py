@@ -77,3 +77,13 @@ def full_bptt(model: torch.nn.Module, run) -> dict[str, torch.Tensor]:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on tiny tensors (per-sample Jacobians, small layers)
+    a second thread only contends with the other test worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,13 +41,8 @@ IDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny per-sample Jacobians: a second intra-op thread only contends (LSTM: 100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny per-sample Jacobians: a second intra-op thread only contends (LSTM: 100x slower).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Stack(nn.Module):

@@ -183,7 +183,8 @@ def test_superspike_refuses_a_neuron_with_weights_inside():
         snn_ostl.OSTL(SpikingPair(), rule="superspike")
 
 
-def test_superspike_refuses_a_loss_it_does_not_see_and_a_second_call():
+def _norse_pair() -> nn.Module:
+    """Linear -> Norse LIFCell, called with an explicit state."""
     norse = pytest.importorskip("norse.torch")
 
     class Net(nn.Module):
@@ -195,7 +196,11 @@ def test_superspike_refuses_a_loss_it_does_not_see_and_a_second_call():
         def forward(self, x, state):
             return self.lif(self.fc(x), state)
 
-    net = Net()
+    return Net()
+
+
+def test_superspike_refuses_a_loss_it_does_not_see_and_a_second_call():
+    net = _norse_pair()
     with snn_ostl.OSTL(net, rule="superspike") as learner:
         out, state = net(torch.rand(2, 3, dtype=DT), None)
         with pytest.raises(StateError, match="reached this layer through the model's graph"):
@@ -213,18 +218,7 @@ def test_rules_writing_grad_themselves_refuse_several_processes(rule, monkeypatc
     import snn_ostl.hooks.distributed as distributed
 
     monkeypatch.setattr(distributed, "running_distributed", lambda: True)
-    norse = pytest.importorskip("norse.torch")
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(3, 2, dtype=DT)
-            self.lif = norse.LIFCell()
-
-        def forward(self, x, state):
-            return self.lif(self.fc(x), state)
-
-    net = TwoLayers(recurrent=True) if rule == "snap-1" else Net()
+    net = TwoLayers(recurrent=True) if rule == "snap-1" else _norse_pair()
     refused = pytest.raises(UnsupportedModuleError, match="DistributedDataParallel")
     with snn_ostl.OSTL(net, rule=rule) as learner, refused:
         if rule == "snap-1":

@@ -34,13 +34,8 @@ T, B = 20, 3
 N_IN, N_HID, N_OUT = 6, 8, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only contends with the other test worker."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: a second intra-op thread only contends with the other test worker.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lif_parameters(c: NorseLIF = NORSE_LIF) -> LIFParameters:
