@@ -112,8 +112,11 @@ class _TorchCellAdapter(DenseAdapter):
                 (
                     f"variant {variant!r} is not defined for {type(module).__name__}: {why}.",
                     "use variant='ostl' (the paper's generic OSTL) for this cell"
-                    + ("; nn.RNNCell and nn.LSTMCell offer 'ostl-no-h' (RFLO)." if
-                       variant == "ostl-no-h" else "."),
+                    + (
+                        "; nn.RNNCell and nn.LSTMCell offer 'ostl-no-h' (RFLO)."
+                        if variant == "ostl-no-h"
+                        else "."
+                    ),
                 )
             ]
         return []

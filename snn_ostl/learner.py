@@ -514,7 +514,9 @@ class OSTL(ForwardHooks):
         They depend on the batch and the layer sizes, never on the sequence length; after
         :meth:`reset` they are released until the next step.
         """
-        return sum(g.trace_bytes() for layer in self.layers.values() for g in layer.groups)
+        engine = sum(g.trace_bytes() for layer in self.layers.values() for g in layer.groups)
+        own = getattr(self.rule, "trace_bytes", None)  # a rule's own traces (SuperSpike)
+        return engine + (own() if own is not None else 0)
 
     def summary(self) -> str:
         """A table of every trained parameter: module, cell, trace form, trace memory."""

@@ -138,8 +138,7 @@ def render_summary(learner: OSTL) -> str:
         "-" * len(line),
     ]
     out += ["  ".join(r[c].ljust(widths[c]) for c in cols) for r in rows]
-    total = sum(g.trace_bytes() for layer in learner.layers.values() for g in layer.groups)
-    total += rule.trace_bytes() if hasattr(rule, "trace_bytes") else 0
+    total = learner.trace_bytes()
     out.append(f"total trace memory: {_mib(total)}")
     per_synapse = any(
         g.form == "per-synapse" and g.chain is None

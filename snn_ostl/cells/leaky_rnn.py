@@ -62,8 +62,8 @@ class LeakyRNNCell(nn.Module):
     """A layer of leaky rate units (Murray 2019), called once per step like ``nn.RNNCell``.
 
     Args:
-        input_size: I.
-        hidden_size: N.
+        input_size: Input features I.
+        hidden_size: Number of units N.
         tau: Time constant in steps (>= 1; 1 gives ``nn.RNNCell``).
         nonlinearity: ``"tanh"`` or ``"relu"``.
         bias: Add an input bias.

@@ -58,6 +58,8 @@ class TraceUpdates:
             self.decay = float(d.state[0][0] or 0.0)
             assert isinstance(scale, (int, float)) and scale != 0, "fused traces need c != 0"
         jacobians: dict[tuple[int, ...], Tensor] = {}  # dense J_t per kept-state set
+        if getattr(self.rule, "masks_traces", False) and self.recurrent:
+            self._computed_in_step(step, (), set())  # before any SnAp hook is on the states
         for g in self.groups:
             if g.chain is not None:
                 continue  # advanced by advance_chain below
@@ -157,19 +159,40 @@ class TraceUpdates:
         through the previous state (``δ_t J_t · ẽ_{t-1}``), the history would take in the
         entries the mask drops. So these groups add nothing through the previous state (see
         :func:`snn_ostl.hooks.history.contract`); a hook on each kept state of step t adds
-        its part of the masked history when that state's gradient arrives. A derived state
-        (the SNU's ``y = h(s)``) gets no hook: its rows are ``h'`` times its base state's, and
-        the gradient at the base state already takes in the path through it.
+        its part of the masked history when that state's gradient arrives. A state computed
+        from another kept state of the same step (the SNU's ``y = h(s)``, snnTorch's spikes
+        from the new membrane) gets no hook: its rows are that state's times the step's own
+        derivative, and the gradient at the other state already takes in the path through it.
         """
         history = g.trace  # M⊙(J_t ẽ_{t-1}): [B, R, P] (SnAp-1) or [B, R*N, P]
         neurons = step.prev[0][0].numel()
         compact = g.units is not None
+        computed = self._computed_in_step(step, states, derived)
         for row, k in enumerate(states):
             new = step.new[k]
-            if k in derived or not new.requires_grad:
+            if k in computed or not new.requires_grad:
                 continue
             part = history[:, row] if compact else history[:, row * neurons : (row + 1) * neurons]
             new.register_hook(_snap_hook(g, part, compact))
+
+    def _computed_in_step(self, step: StepRecord, states, derived: set) -> set:
+        """Kept states computed from another kept state of the same step.
+
+        Found once per layer, over all its states, by asking autograd whether a path joins
+        them, before any hook is on the step's states (a hook fires in that query too).
+        """
+        every = getattr(self, "_snap_computed", None)
+        if every is None:
+            new = step.new
+            every = self._snap_computed = {
+                (k, j)
+                for k in range(len(new))
+                for j in range(len(new))
+                if j != k and _reaches(new[k], new[j])
+            }
+        return {k for k in states if k in derived} | {
+            k for k, j in every if k in states and j in states
+        }
 
     def _full_jacobian(self, jac, current, like, states, previous, g, jacobians) -> Tensor:
         """``J_t`` over ``states`` as ``[B, R*N, R*N]``, built once per step per state set."""
@@ -209,6 +232,17 @@ class TraceUpdates:
                 g.trace.view(batch, size * width, -1).baddbmm_(
                     rows.reshape(batch, size * width, 1), x.reshape(batch, 1, -1)
                 )
+
+
+def _reaches(output: Tensor, target: Tensor) -> bool:
+    """Whether ``output`` was computed from ``target`` (a gradient path joins them)."""
+    if output.grad_fn is None or not target.requires_grad:
+        return False
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(
+            output, target, torch.ones_like(output), retain_graph=True, allow_unused=True
+        )
+    return grad is not None
 
 
 def _snap_hook(g, part: Tensor, compact: bool):

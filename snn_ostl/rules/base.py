@@ -77,7 +77,8 @@ class Rule:
             ``"ostl-no-h"`` (recurrent weights left out of the Jacobian) or ``"eprop"`` (no
             path through the layer's own spikes).
         learning_signal: How the error of a step reaches each layer: ``"backprop"``,
-            ``"random"``, ``"adaptive"`` or ``"direct"``.
+            ``"random"``, ``"adaptive"``, ``"direct"``, ``"local"`` (DECOLLE: nothing between
+            layers) or ``"superspike"`` (the filtered output error, sent down by the rule).
         keeps: One line for the summary: what the rule keeps of the exact gradient.
     """
 
@@ -85,8 +86,8 @@ class Rule:
     variant: str = "ostl"
     learning_signal: str = "backprop"
     keeps: ClassVar[str] = ""
-    #: False for a rule that computes its gradient with hooks of its own (SuperSpike): the
-    #: learner then attaches none of the engine's step hooks.
+    #: Whether the rule trains through the engine's traces. SuperSpike computes its gradient
+    #: with hooks of its own, and the learner then attaches none of the engine's step hooks.
     uses_engine: ClassVar[bool] = True
 
     @classmethod

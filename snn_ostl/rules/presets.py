@@ -35,7 +35,9 @@ __all__ = ["RFLO", "EProp", "OSTLRule", "SnAp"]
 
 @register_rule("ostl", "ostl-no-h")
 class OSTLRule(Rule):
-    """Online Spatio-Temporal Learning (Bortone et al. 2022): exact eligibility per layer.
+    """Online Spatio-Temporal Learning (Bohnstingl et al., IEEE TNNLS 2022).
+
+    The exact eligibility of each stateful layer, the instantaneous error between layers.
 
     Args:
         variant: ``"ostl"`` (exact), ``"ostl-no-h"`` or ``"eprop"``.
@@ -208,7 +210,7 @@ class SnAp(Rule):
         if self.n == 2:
             for synapse in layer._internal():
                 if isinstance(synapse.source, int):
-                    weight = getattr(layer.module, synapse.weight).detach()
+                    weight = layer.module.get_parameter(synapse.weight).detach()
                     reach = reach | (weight != 0)  # [k, i]: unit i reaches unit k
             for weight in getattr(layer, "fed_back_weights", lambda: [])():
                 reach = reach | (weight.detach() != 0)

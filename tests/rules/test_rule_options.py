@@ -225,3 +225,51 @@ def test_rules_writing_grad_themselves_refuse_several_processes(rule, monkeypatc
             _sequence(net, learner, steps=1)
         else:
             net(torch.rand(2, 3, dtype=DT), None)
+
+
+def test_snap_on_snntorch_rleaky_equals_ostl_with_its_dense_recurrence():
+    """snnTorch's RLeaky keeps its recurrent weight in a submodule (``recurrent.weight``);
+    all-to-all, SnAp-2 reaches every unit and gives the exact traces, SnAp-1 does not."""
+    snn = pytest.importorskip("snntorch")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 6)
+            self.lif = snn.RLeaky(beta=0.9, linear_features=6)
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x, spk, mem):
+            spk, mem = self.lif(self.fc(x), spk, mem)
+            return self.out(spk), spk, mem
+
+    torch.manual_seed(0)
+    net = Net()
+    x = torch.rand(8, 2, 5) * 2
+
+    def grads(rule):
+        net.zero_grad(set_to_none=True)
+        with snn_ostl.OSTL(net, rule=rule) as learner:
+            learner.reset()
+            spk, mem = net.lif.init_rleaky()
+            spikes = 0.0
+            for t in range(8):
+                out, spk, mem = net(x[t], spk, mem)
+                spikes += float(spk.detach().sum())
+                out.sum().backward()
+        assert spikes > 0
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    exact, snap2, snap1 = grads("ostl"), grads("snap-2"), grads("snap-1")
+    for name, value in exact.items():
+        torch.testing.assert_close(snap2[name], value, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(snap1["lif.recurrent.weight"], exact["lif.recurrent.weight"])
+
+
+def test_trace_bytes_counts_a_rules_own_traces():
+    net = _norse_pair()
+    with snn_ostl.OSTL(net, rule="superspike") as learner:
+        out, _ = net(torch.rand(2, 3, dtype=DT), None)
+        learner.rule.van_rossum(out, torch.zeros_like(out)).backward()
+        assert learner.trace_bytes() == learner.rule.trace_bytes() > 0
+        assert learner.summary().splitlines()[-1].startswith("total trace memory: 0.00 MiB")
