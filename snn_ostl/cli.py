@@ -3,6 +3,7 @@
 >>> snn-ostl demo                                   # OSTL (online) beside BPTT on 8x8 digits
 >>> snn-ostl train --task jsb --learner ostl-no-h --epochs 2
 >>> snn-ostl compare --task delay --baselines bptt tbptt --horizon 5
+>>> snn-ostl compare --task delay --rules ostl eprop-random decolle superspike rflo snap-1
 >>> snn-ostl tasks                                  # what each task reads, and whether it can here
 
 Argument errors exit with code 2 and name the argument; a task whose data are missing, or a
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from snn_ostl.learner import LEARNING_SIGNALS
-from snn_ostl.tasks.training import LEARNERS, ONLINE_LEARNERS, Method, parse_update
+from snn_ostl.tasks.training import LEARNERS, ONLINE_LEARNERS, Method, is_rule, parse_update
 
 __all__ = ["build_parser", "main"]
 
@@ -289,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="OSTL beside BPTT (and truncated BPTT) from one seed: OSTL's gradient on "
         "the first batch against BPTT's, then every method trained. With --update step or "
         "every:K, OSTL is also trained with one update per sequence, the only schedule BPTT "
-        "has, so that the OSTL - BPTT gap compares like with like.",
+        "has, so that the OSTL - BPTT gap compares like with like. With --rules, several "
+        "learning rules are trained beside the baselines instead, and a table and a figure give "
+        "each method's test metric, time per step, peak memory and trace memory.",
         formatter_class=_HelpFormatter,
     )
     _common(compare, ONLINE_LEARNERS, "<task>-compare")
@@ -298,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=("bptt", "tbptt"),
         help="methods trained beside OSTL (default: the task's; listed by snn-ostl tasks)",
+    )
+    compare.add_argument(
+        "--rules",
+        nargs="+",
+        choices=_rule_names(),
+        metavar="RULE",
+        help="compare these learning rules with the baselines on the same data and seed, and "
+        "tabulate each method's test metric, time per step, peak memory and trace memory "
+        "(rules.csv, rules.md, rules.png); from: " + ", ".join(_rule_names()) + ". superspike "
+        "trains a model with a spiking output layer and rflo one of leaky rate units, built "
+        "from the task's sizes; a rule the model cannot use is a row n/a with the reason. "
+        "--learner and --learning-signal are not used with it (default: none: OSTL beside the "
+        "baselines, with the first-batch gradient check)",
     )
     command(
         "tasks",
@@ -310,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
+
+
+def _rule_names() -> tuple[str, ...]:
+    from snn_ostl.rules import rule_names
+
+    return rule_names()
 
 
 def _fail(message: str) -> int:
@@ -399,7 +422,7 @@ def _method(args: argparse.Namespace, learner: str, config: dict[str, Any]) -> M
         learning_signal=args.learning_signal,
         seed=args.seed,
         clip_norm=config.get("clip_norm"),
-        flush_every=args.flush_every if learner in ONLINE_LEARNERS else 1,
+        flush_every=args.flush_every if learner in ONLINE_LEARNERS or is_rule(learner) else 1,
     )
 
 
@@ -500,6 +523,17 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             args.epochs = DEMO_EPOCHS
         _demo(_spec(parser, args, DEMO_TASK), args.out)
         return 0
+    rules = getattr(args, "rules", None)
+    if rules and args.learner != "ostl":
+        parser.error(
+            f"argument --learner: with --rules the methods are the rules listed and the "
+            f"baselines; leave --learner out (got {args.learner!r})"
+        )
+    if rules and args.learning_signal != "backprop":
+        parser.error(
+            "argument --learning-signal: with --rules each rule sets its own learning signal "
+            "(eprop-random, eprop-adaptive: random feedback); leave --learning-signal out"
+        )
     if args.learning_signal != "backprop" and args.learner not in ONLINE_LEARNERS:
         parser.error(
             f"argument --learning-signal: {args.learning_signal!r} needs an OSTL learner "
@@ -516,6 +550,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     names = args.baselines or list(spec.task.baselines)
     baselines = [_method(args, name, spec.config) for name in dict.fromkeys(names)]
+    if rules:
+        from snn_ostl.tasks.commands import rules_command
+
+        methods = [_method(args, name, spec.config) for name in dict.fromkeys(rules)]
+        line = "snn-ostl " + shlex.join(getattr(args, "argv", []))
+        rules_command(spec, [*methods, *baselines], args.update, args.out, command_line=line)
+        return 0
     compare_command(
         spec, _method(args, args.learner, spec.config), baselines, args.update, args.out
     )
@@ -560,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    args.argv = argv
     if args.command != "tasks":  # before anything runs, not after the training
         from snn_ostl.tasks.report import run_dir_problem
 

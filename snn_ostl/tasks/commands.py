@@ -9,12 +9,18 @@ at the end of each window; BPTT only at the end of the sequence. Every run says 
 updated (:func:`update_moments`), and ``compare`` reports the OSTL - BPTT gap only between runs
 that updated at the same moments: when ``--update`` makes OSTL update sooner than BPTT can, it
 also trains OSTL with one update per sequence, BPTT's schedule, and reports both differences.
+
+``compare --rules`` (:func:`rules_command`) trains several learning rules and the baselines on
+the same data from the same seed and tabulates, per method, the final test metric, the time
+per training step, the peak memory and the eligibility-trace memory
+(:mod:`snn_ostl.tasks.measure`). A rule the model cannot use is a row with its reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import textwrap
 import time
 from pathlib import Path
@@ -22,13 +28,25 @@ from typing import Any
 
 from snn_ostl.tasks import parallel
 from snn_ostl.tasks.base import Task
-from snn_ostl.tasks.report import make_run_dir, plot_curves, plot_gradient_errors, write_metrics
+from snn_ostl.tasks.report import (
+    make_run_dir,
+    plot_curves,
+    plot_gradient_errors,
+    plot_rules,
+    rules_markdown,
+    rules_rst,
+    rules_text,
+    write_metrics,
+    write_rules_csv,
+)
 from snn_ostl.tasks.runner import RunSpec, build_model, fit, format_metric, gradient_agreement
-from snn_ostl.tasks.training import Method
+from snn_ostl.tasks.training import Method, RuleUnavailableError, train_batch
 
 __all__ = [
     "RUN_FILES",
     "compare_command",
+    "machine_line",
+    "rules_command",
     "same_schedule",
     "tasks_table",
     "train_command",
@@ -40,6 +58,10 @@ RUN_FILES = {
     "curves.png": "training loss and test metric per epoch, one line per run",
     "gradients.png": "OSTL's gradient error per parameter on the first batch, vs BPTT",
     "metrics.json": "every number of the run, per epoch",
+    "rules.png": "final test metric against time per step, and memory, per method",
+    "rules.csv": "the table of methods: test metric, time per step, peak and trace memory",
+    "rules.md": "the same table in Markdown, with the command, machine and seed",
+    "rules.rst": "the same table as a reStructuredText list-table",
 }
 
 
@@ -334,6 +356,201 @@ def _summary_line(
         text += "; the runs update at different moments: their differences are not like for like"
     agreement = result["gradient_agreement"]
     return f"{text}; gradient error vs BPTT {agreement['max_vs_bptt']:.1e} -> {result['run_dir']}"
+
+
+def machine_line(device: str = "cpu") -> str:
+    """The machine in a few words: cores, architecture, CPU model, torch version, threads."""
+    import torch
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        cpuinfo = ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+             if line.startswith("model name")]  # fmt: skip
+    model = names[0] if names else platform.processor()
+    text = f"{os.cpu_count()}-core {platform.machine()} CPU" + (f" ({model})" if model else "")
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return f"{text}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+
+
+def _unavailable(exc: BaseException) -> str:
+    """The first line of an error that says why a rule cannot train the model."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"{first.path or '<root>'} ({first.module_type}): {first.why}{more}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _probe(spec: RunSpec, data: Any, method: Method) -> str | None:
+    """Train one batch on a throwaway model: None when the method works, else the reason.
+
+    It also warms up what the method runs (lazy initialisation, allocator), so that its
+    measured run does not pay for it.
+    """
+    from snn_ostl.errors import UnsupportedModuleError
+
+    model = build_model(spec, data, method.model_kind)
+    learner = None
+    try:
+        learner = method.attach(model)
+        optimizer = spec.task.optimizer(model, spec.config)
+        batch = next(iter(data.train(0))).to(spec.device)
+        train_batch(model, batch, spec.task.objective, method, optimizer, learner)
+    except (UnsupportedModuleError, RuleUnavailableError) as exc:
+        return _unavailable(exc)
+    finally:
+        if learner is not None:
+            learner.detach()
+    return None
+
+
+def _warm_up(spec: RunSpec, data: Any) -> None:
+    """One unmeasured pass of the training loop (one batch, BPTT): the process's one-time
+    allocations then land on no method's peak memory."""
+    quiet = dataclasses.replace(
+        spec,
+        config={**spec.config, "epochs": 1},
+        max_batches=1,
+        progress=False,
+        verbose=False,
+        log=[],
+        summaries={},
+    )
+    fit(quiet, data, Method("bptt", seed=spec.seed))
+
+
+#: What a rule row trains on besides the task's own loss, for the table's note column.
+RULE_NOTES = {
+    "decolle": "hidden layers: local random-readout losses only",
+    "superspike": "van Rossum loss to target spikes; class = most output spikes",
+    "rflo": "rate units, not spiking",
+}
+
+
+def rules_command(
+    spec: RunSpec,
+    methods: list[Method],
+    update: str,
+    out: str | None,
+    *,
+    command_line: str = "",
+) -> dict[str, Any]:
+    """Train every method on the same data from the same seed; tabulate what each costs.
+
+    Each method trains a fresh model of the seed: the task's model, or the model its rule
+    needs (:attr:`Method.model_kind`). One batch on a throwaway model first tells whether the
+    rule can train that model (a row "n/a" with the reason if not) and warms up its code paths;
+    then the method trains with a :class:`~snn_ostl.tasks.measure.TrainMeter`. Writes
+    ``metrics.json``, ``curves.png``, ``rules.png``, ``rules.csv``, ``rules.md`` and
+    ``rules.rst``, and prints the table.
+    """
+    from snn_ostl.errors import UnsupportedModuleError
+    from snn_ostl.tasks.measure import MEMORY_MEASURES, TrainMeter
+
+    task, metric = spec.task, spec.task.objective.main_metric
+    start = time.perf_counter()
+    data = task.load(spec.config, spec.seed)
+    machine = machine_line(spec.device)
+    spec.say(f"task {task.name}: {data.source}")
+    spec.say(f"seed {spec.seed}; device {spec.device}; {machine}")
+    rows: list[dict[str, Any]] = []
+    histories: dict[str, dict[str, list]] = {}
+    how = None
+    # every method's first batch before any is measured: the n/a rows, and a warm process
+    reasons = {method.label: _probe(spec, data, method) for method in methods}
+    _warm_up(spec, data)
+    for method in methods:
+        label = method.label
+        model_line = _describe(build_model(spec, data, method.model_kind))
+        row: dict[str, Any] = {
+            "method": label,
+            "kind": "rule" if method.online else "baseline",
+            "model": model_line,
+            "model_kind": method.model_kind,
+            "updates": update_moments(method, short=True),
+            "metric": metric,
+            "note": RULE_NOTES.get(method.learner, ""),
+        }
+        reason = reasons[label]
+        if reason is None:
+            spec.say(f"training {label} on {model_line}: weights updated {update_moments(method)}")
+            meter = TrainMeter(spec.device)
+            try:
+                history = fit(spec, data, method, meter)
+            except (UnsupportedModuleError, RuleUnavailableError) as exc:
+                reason = _unavailable(exc)
+            else:
+                histories[label] = history
+                how = meter.how
+                row.update(
+                    status="ok",
+                    final=history[metric][-1],
+                    final_metrics=_final(history),
+                    **meter.result(method.online),
+                    learner_summary=spec.summaries.get(label),
+                )
+        if reason is not None:
+            spec.say(f"{label}: n/a on {model_line}: {reason}")
+            row.update(status="n/a", reason=reason, final=None)
+        rows.append(row)
+    run_dir = make_run_dir(out, task.name, "rules")
+    memory = MEMORY_MEASURES.get(how or "", "")
+    header = [
+        f"# {task.name}: learning rules side by side",
+        "",
+        f"- command: `{command_line}`" if command_line else "- command: snn-ostl compare --rules",
+        f"- machine: {machine}",
+        f"- seed: {spec.seed}; epochs: {spec.config['epochs']}; data: {data.source}",
+        f"- ms/step: training time per time step (batch of {spec.config.get('batch_size')});"
+        f" peak MiB: {memory}; traces KiB: eligibility traces held (learner.trace_bytes())",
+    ]
+    title = f"{task.name}: learning rules, seed {spec.seed}"
+    if histories:
+        plot_curves(histories, metric, run_dir / "curves.png", f"{title} (training loss: each "
+                    "method's own)")  # fmt: skip
+    plot_rules(rows, metric, run_dir / "rules.png", title, memory)
+    write_rules_csv(run_dir / "rules.csv", rows, metric)
+    (run_dir / "rules.md").write_text(rules_markdown(rows, metric, header))
+    rst_title = f"{task.name}, seed {spec.seed}, {machine.split(',')[0]}"
+    (run_dir / "rules.rst").write_text(rules_rst(rows, metric, rst_title))
+    names = ["rules.png", "rules.csv", "rules.md", "rules.rst", "metrics.json"]
+    if histories:
+        names.insert(1, "curves.png")
+    result = {
+        "command": "compare --rules",
+        "command_line": command_line,
+        "task": task.name,
+        "source": data.source,
+        "machine": machine,
+        "seed": spec.seed,
+        "device": spec.device,
+        "update": update,
+        "config": spec.config,
+        "metric": metric,
+        "memory_measure": memory,
+        "methods": [r["method"] for r in rows],
+        "rules_table": rows,
+        "histories": histories,
+        "final": {r["method"]: r["final_metrics"] for r in rows if r["status"] == "ok"},
+        "total_seconds": time.perf_counter() - start,
+        "files": _files(run_dir, names),
+    }
+    write_metrics(run_dir, result)
+    result["run_dir"] = str(run_dir)
+    print(f"{task.name}: {len(rows)} methods, seed {spec.seed}, {machine}", flush=True)
+    print(rules_text(rows, metric), flush=True)
+    print(f"peak MiB: {memory}", flush=True)
+    print(f"-> {run_dir} ({', '.join(names)})", flush=True)
+    return result
+
+
+def _describe(model: Any) -> str:
+    return model.describe() if hasattr(model, "describe") else type(model).__name__
 
 
 def _defaults(task: Task) -> str:

@@ -1,7 +1,9 @@
-"""Run folders: ``metrics.json`` and PNG plots (matplotlib with the Agg backend)."""
+"""Run folders: ``metrics.json``, PNG plots (matplotlib with the Agg backend) and, for
+``compare --rules``, the table of methods as text, CSV, Markdown and reStructuredText."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -17,9 +19,15 @@ __all__ = [
     "make_run_dir",
     "plot_curves",
     "plot_gradient_errors",
+    "plot_rules",
     "reference_run",
+    "rules_figure",
+    "rules_markdown",
+    "rules_rst",
+    "rules_text",
     "run_dir_problem",
     "write_metrics",
+    "write_rules_csv",
 ]
 
 #: Where run folders go when ``--out`` is not given.
@@ -252,6 +260,198 @@ def plot_gradient_errors(errors: dict[str, dict[str, float]], path: Path, title:
     """Save :func:`gradient_errors_figure` at ``path`` (PNG) and return ``path``."""
     plt = _pyplot()
     fig = gradient_errors_figure(errors, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- compare --rules
+
+#: Columns of the rules table: (key of a row, header); the metric's header is filled in.
+RULE_COLUMNS = (
+    ("method", "method"),
+    ("model", "model"),
+    ("updates", "updates"),
+    ("final", "test {metric}"),
+    ("ms_per_step", "ms/step"),
+    ("peak_mib", "peak MiB"),
+    ("trace_kib", "traces KiB"),
+    ("note", "note"),
+)
+
+
+def _metric_cell(metric: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f}" if metric == "accuracy" else f"{value:.3f}"
+
+
+def _cells(row: dict[str, Any], metric: str) -> list[str]:
+    """A row of the rules table as strings ("n/a" where a rule could not run)."""
+    ok = row["status"] == "ok"
+    out = []
+    for key, _ in RULE_COLUMNS:
+        value = row.get(key)
+        if key == "final":
+            out.append(_metric_cell(metric, value) if ok else "n/a")
+        elif key == "ms_per_step":
+            out.append(f"{value:.2f}" if ok and value is not None else "n/a")
+        elif key == "peak_mib":
+            out.append(f"{value:.1f}" if ok and value is not None else "n/a")
+        elif key == "trace_kib":
+            out.append(f"{value:.1f}" if ok and value is not None else ("—" if ok else "n/a"))
+        elif key == "note":
+            out.append((row.get("note") if ok else row.get("reason")) or "")
+        else:
+            out.append(str(value if value is not None else ""))
+    return out
+
+
+def _headers(metric: str) -> list[str]:
+    shown = f"{metric} (%)" if metric == "accuracy" else metric
+    return [h.format(metric=shown) for _, h in RULE_COLUMNS]
+
+
+def rules_text(rows: list[dict[str, Any]], metric: str) -> str:
+    """The rules table as aligned plain text (the last column, the note, is not padded)."""
+    table = [_headers(metric), *(_cells(r, metric) for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(RULE_COLUMNS) - 1)]
+    lines = []
+    for n, line in enumerate(table):
+        text = "  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1]
+        lines.append(text.rstrip())
+        if n == 0:
+            lines.append("-" * max(len(t) for t in lines))
+    return "\n".join(lines)
+
+
+def rules_markdown(rows: list[dict[str, Any]], metric: str, header: list[str]) -> str:
+    """The rules table as a Markdown pipe table, after ``header`` lines (command, machine...)."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [*header, ""] if header else []
+    out.append(line(_headers(metric)))
+    out.append("|" + "|".join("---" for _ in RULE_COLUMNS) + "|")
+    out += [line(_cells(r, metric)) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def rules_rst(rows: list[dict[str, Any]], metric: str, title: str, name: str = "") -> str:
+    """The rules table as a reStructuredText ``list-table`` (for a documentation page)."""
+    out = [f".. list-table:: {title}"]
+    if name:
+        out.append(f"   :name: {name}")
+    out += ["   :header-rows: 1", ""]
+    for cells in [_headers(metric), *(_cells(r, metric) for r in rows)]:
+        for i, cell in enumerate(cells):
+            out.append(f"   {'* -' if i == 0 else '  -'} {cell or '—'}")
+    return "\n".join(out) + "\n"
+
+
+def write_rules_csv(path: Path, rows: list[dict[str, Any]], metric: str) -> Path:
+    """``rules.csv``: one line per method, numbers unformatted, empty where not measured."""
+    keys = ["method", "status", "model", "updates", metric, "ms_per_step", "peak_mib",
+            "trace_kib", "train_seconds", "reason"]  # fmt: skip
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for row in rows:
+            values = {**row, metric: row.get("final")}
+            writer.writerow(["" if values.get(k) is None else values.get(k) for k in keys])
+    return path
+
+
+def rules_figure(rows: list[dict[str, Any]], metric: str, title: str, memory_label: str = ""):
+    """The figure of :func:`plot_rules` (a ``matplotlib.figure.Figure``, left open).
+
+    Left: each method's final test metric against its time per training step (log scale), the
+    marker's area growing with its peak memory. Middle: peak memory during training. Right:
+    eligibility-trace memory (none for the baselines). Methods that could not run are listed
+    under the panels with their reason.
+    """
+    plt = _pyplot()
+    ran = [r for r in rows if r["status"] == "ok"]
+    skipped = [r for r in rows if r["status"] != "ok"]
+    notes = [f"{r['method']}: n/a, {r.get('reason') or ''}" for r in skipped]
+    if memory_label:
+        notes.append(f"peak memory: {memory_label}")
+    fig, (ax, ax_m, ax_t) = plt.subplots(
+        1, 3, figsize=(13, 4.8 + 0.22 * len(notes)), gridspec_kw={"width_ratios": [3, 1.6, 1.6]}
+    )
+    scale = 100.0 if metric == "accuracy" else 1.0
+    peaks = [r["peak_mib"] or 0.0 for r in ran]
+    top = max(peaks, default=0.0) or 1.0
+    colors = [f"C{i % 10}" for i in range(len(ran))]
+    for i, row in enumerate(ran):
+        ax.scatter(
+            row["ms_per_step"],
+            scale * row["final"],
+            s=30 + 370 * (row["peak_mib"] or 0.0) / top,
+            marker=RUN_MARKERS[i % len(RUN_MARKERS)],
+            color=colors[i],
+            alpha=0.65,
+            edgecolor="black",
+            linewidth=0.6,
+            label=row["method"],
+            zorder=3 + i,
+        )
+    if ran:
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        legend = ax.legend(fontsize=8, loc="best", markerscale=1.0)
+        for handle in legend.legend_handles:
+            handle.set_sizes([40])
+    ax.set(
+        xlabel="training time per step (ms, log scale)",
+        ylabel=f"final test {metric}" + (" (%)" if metric == "accuracy" else ""),
+    )
+    ax.set_title("test metric against time (marker area: peak memory)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    names = [r["method"] for r in ran]
+    ys = list(range(len(ran)))
+    traces = [r["trace_kib"] for r in ran]
+    bars = ax_m.barh(ys, peaks, color=colors, edgecolor="black", linewidth=0.5)
+    ax_m.bar_label(bars, labels=[f"{v:.1f}" for v in peaks], fontsize=7, padding=2)
+    bars = ax_t.barh(ys, [t or 0.0 for t in traces], color=colors, hatch="//",
+                     edgecolor="black", linewidth=0.5)  # fmt: skip
+    ax_t.bar_label(
+        bars,
+        labels=["—" if t is None else f"{t:.0f}" if t >= 100 else f"{t:.1f}" for t in traces],
+        fontsize=7,
+        padding=2,
+    )
+    for axis, label, head in (
+        (ax_m, "MiB", "peak memory during training"),
+        (ax_t, "KiB", "eligibility traces"),
+    ):
+        axis.set_yticks(ys)
+        axis.set_yticklabels(names, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_xlabel(label)
+        axis.set_title(head, fontsize=10)
+        axis.margins(x=0.25)
+        axis.grid(alpha=0.3, axis="x")
+    for i, note in enumerate(notes):
+        y = 0.01 + 0.03 * (len(notes) - 1 - i) * 4.8 / (4.8 + 0.22 * len(notes))
+        fig.text(0.01, y, note[:200], fontsize=7, ha="left")
+    fig.suptitle(title)
+    bottom = 0.035 * len(notes) * 4.8 / (4.8 + 0.22 * len(notes)) + (0.01 if notes else 0)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def plot_rules(
+    rows: list[dict[str, Any]], metric: str, path: Path, title: str, memory_label: str = ""
+) -> Path:
+    """Save :func:`rules_figure` at ``path`` (PNG) and return ``path``."""
+    plt = _pyplot()
+    fig = rules_figure(rows, metric, title, memory_label)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -64,10 +64,17 @@ def format_metric(name: str, value: float | None) -> str:
     return f"{100 * value:.1f}%" if name == "accuracy" else f"{value:.3f}"
 
 
-def build_model(spec: RunSpec, data: TaskData) -> nn.Module:
-    """The task's model with the initial weights that follow from the seed."""
+def build_model(spec: RunSpec, data: TaskData, kind: str = "task") -> nn.Module:
+    """The task's model (or a rule's own ``kind``, see :func:`~snn_ostl.tasks.models.rule_model`)
+    with the initial weights that follow from the seed."""
     torch.manual_seed(spec.seed)
-    return spec.task.build(spec.config, data, spec.cell).to(spec.device)
+    if kind == "task":
+        return spec.task.build(spec.config, data, spec.cell).to(spec.device)
+    from snn_ostl.tasks.models import rule_model
+
+    sizes = [data.inputs, *spec.config["hidden"]]
+    options = spec.config.get("cell_options", {})
+    return rule_model(kind, sizes, data.outputs, options).to(spec.device)
 
 
 def _test(spec: RunSpec, model: nn.Module, data: TaskData) -> dict[str, float]:
@@ -75,16 +82,26 @@ def _test(spec: RunSpec, model: nn.Module, data: TaskData) -> dict[str, float]:
     return evaluate(model, batches, spec.task.objective)
 
 
-def fit(spec: RunSpec, data: TaskData, method: Method) -> dict[str, list]:
+def fit(spec: RunSpec, data: TaskData, method: Method, meter: Any = None) -> dict[str, list]:
     """Train a fresh model from the seed; return its history (epoch 0 = before training).
+
+    Args:
+        spec: The run.
+        data: The task's data.
+        method: The learner and its schedule; a rule that needs a model of its own kind
+            (:attr:`Method.model_kind`) gets that model.
+        meter: A :class:`snn_ostl.tasks.measure.TrainMeter` to time the training loops and
+            measure their memory (None: not measured).
 
     Raises:
         snn_ostl.UnsupportedModuleError: The learner cannot train the model.
+        snn_ostl.tasks.training.RuleUnavailableError: The rule's own loss cannot be formed
+            for this model or task.
     """
     from tqdm.auto import tqdm
 
     objective = spec.task.objective
-    model = build_model(spec, data)
+    model = build_model(spec, data, method.model_kind)
     learner = method.attach(model)
     runner = parallel.wrap(model)  # DDP when several processes train (train --nproc)
     share, part = parallel.world(), parallel.rank()
@@ -102,6 +119,8 @@ def fit(spec: RunSpec, data: TaskData, method: Method) -> dict[str, list]:
     usable = total // share * share  # the same number of batches in every process
     try:
         for epoch in range(1, epochs + 1):
+            if meter is not None:
+                meter.start_epoch()
             start = time.perf_counter()
             losses: list[float] = []
             bar = tqdm(
@@ -121,9 +140,13 @@ def fit(spec: RunSpec, data: TaskData, method: Method) -> dict[str, list]:
                 losses.append(
                     train_batch(runner, batch, objective, method, optimizer, learner, constrain)
                 )
+                if meter is not None:
+                    meter.batch(int(batch.x.shape[0]), learner)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
             bar.close()
             seconds = time.perf_counter() - start
+            if meter is not None:
+                meter.end_epoch()
             metrics = _test(spec, model, data)
             history["epoch"].append(epoch)
             history["train_loss"].append(sum(losses) / max(len(losses), 1))

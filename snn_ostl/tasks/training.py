@@ -13,6 +13,11 @@ How each learner uses a batch:
 - ``bptt``: one backward on the loss of the whole sequence.
 - ``tbptt``: the states are detached every ``horizon`` steps and each window's loss is
   back-propagated at the window's end.
+- a learning rule of :func:`snn_ostl.rules.rule_names` (``eprop-random``, ``rflo``, ``snap-1``,
+  ``decolle``, ``superspike``, ...): ``OSTL(model, rule=...)``, per-step backward as for
+  ``ostl``. DECOLLE adds its local readouts' losses to the task's loss at the steps that have a
+  target; SuperSpike backpropagates the van Rossum distance between the output spikes and a
+  target spike train (:func:`target_spikes`) at every step instead of the task's loss.
 
 The update schedule decides when the optimizer steps, counted in time steps, at the moments
 where gradients are available (every step for OSTL, window ends for TBPTT, the sequence end for
@@ -35,14 +40,19 @@ from snn_ostl.tasks.parallel import unwrap
 __all__ = [
     "LEARNERS",
     "ONLINE_LEARNERS",
+    "RULE_MODELS",
     "UPDATES",
     "Method",
     "Objective",
+    "RuleUnavailableError",
     "SeqBatch",
     "detach_tree",
     "evaluate",
+    "is_rule",
+    "masked_local_mse",
     "parse_update",
     "sequence_run",
+    "target_spikes",
     "train_batch",
 ]
 
@@ -52,6 +62,24 @@ LEARNERS = ("ostl", "ostl-no-h", "eprop", "bptt", "tbptt")
 ONLINE_LEARNERS = ("ostl", "ostl-no-h", "eprop")
 #: Update schedules, as written on the command line (``every:K`` with an integer K >= 1).
 UPDATES = ("step", "every:K", "sequence")
+#: Rules that need a model of their own kind (see :func:`snn_ostl.tasks.models.rule_model`):
+#: SuperSpike trains Linear synapses into spiking neurons up to a spiking output layer; RFLO is
+#: defined for leaky rate units (:class:`snn_ostl.cells.LeakyRNNCell`).
+RULE_MODELS = {"superspike": "spiking-output", "rflo": "leaky-rnn"}
+#: Target spike train of SuperSpike: the correct class's output neuron spikes at every
+#: ``SPIKE_EVERY``-th step of the steps with a target, counted from the first; the others never.
+SPIKE_EVERY = 2
+
+
+class RuleUnavailableError(ValueError):
+    """A learning rule cannot train this model; found when the rule's own loss is first asked."""
+
+
+def is_rule(learner: str) -> bool:
+    """Whether ``learner`` names a learning rule of :mod:`snn_ostl.rules` beyond the variants."""
+    from snn_ostl.rules import rule_names
+
+    return learner not in LEARNERS and learner in rule_names()
 
 
 class SeqBatch(NamedTuple):
@@ -115,8 +143,13 @@ class Method:
 
     @property
     def online(self) -> bool:
-        """Whether an OSTL learner does the work."""
-        return self.learner in ONLINE_LEARNERS
+        """Whether an OSTL learner does the work (an OSTL variant or a learning rule)."""
+        return self.learner in ONLINE_LEARNERS or is_rule(self.learner)
+
+    @property
+    def model_kind(self) -> str:
+        """The model this method trains: ``task`` (the task's own) or a rule's own kind."""
+        return RULE_MODELS.get(self.learner, "task")
 
     @property
     def label(self) -> str:
@@ -133,6 +166,10 @@ class Method:
             return None
         import snn_ostl
 
+        if is_rule(self.learner):
+            return snn_ostl.OSTL(
+                model, rule=self.make_rule(model), seed=self.seed, flush_every=self.flush_every
+            )
         return snn_ostl.OSTL(
             model,
             variant=self.learner,
@@ -140,6 +177,23 @@ class Method:
             seed=self.seed,
             flush_every=self.flush_every,
         )
+
+    def make_rule(self, model: nn.Module) -> Any:
+        """The rule object of a rule learner, with the options the tasks use.
+
+        DECOLLE: one local readout of the classes per hidden layer (the readout size of the
+        model), the paper's MSE to the one-hot class, only where the task has a target
+        (:func:`masked_local_mse`). SuperSpike: its defaults (symmetric feedback, rise and decay
+        of 5 and 10 steps). The others: the registered defaults.
+        """
+        from snn_ostl import rules
+
+        if self.learner == "decolle":
+            outputs = getattr(getattr(model, "readout", None), "out_features", None)
+            return rules.DECOLLE(outputs=outputs, loss=masked_local_mse, seed=self.seed)
+        if self.learner == "superspike":
+            return rules.SuperSpike(seed=self.seed)
+        return rules.make_rule(self.learner)
 
 
 def parse_update(text: str) -> int | None:
@@ -156,6 +210,67 @@ def parse_update(text: str) -> int | None:
     if head == "every" and count.isdigit() and int(count) >= 1:
         return int(count)
     raise ValueError(f"invalid update schedule {text!r}: use step, every:K (K >= 1) or sequence")
+
+
+def masked_local_mse(readout: Tensor, target: Tensor) -> Tensor:
+    """DECOLLE's local loss on a task's targets: squared error to the one-hot class, averaged
+    over the classes and summed over the sequences that have a target at this step (class
+    ``-100`` marks those that do not), the convention of the tasks' own step losses. Float
+    targets (multi-label) are matched as they are."""
+    from snn_ostl.tasks.objectives import IGNORE
+
+    if target.is_floating_point():
+        return (readout - target.to(readout.dtype)).pow(2).mean(-1).sum()
+    valid = target != IGNORE
+    if not bool(valid.any()):
+        return readout.sum() * 0.0
+    code = torch.nn.functional.one_hot(target[valid], readout.shape[-1]).to(readout.dtype)
+    return (readout[valid] - code).pow(2).mean(-1).sum()
+
+
+def target_spikes(batch: SeqBatch, t: int, outputs: int) -> Tensor:
+    """SuperSpike's target spikes at step ``t``, ``[B, outputs]``.
+
+    The neuron of the sequence's class spikes at every :data:`SPIKE_EVERY`-th step where the
+    sequence has a target (from its first such step); no neuron spikes anywhere else.
+
+    Raises:
+        RuleUnavailableError: The batch has no sequence labels (not a classification task):
+            the class could not be read from the output spike counts.
+    """
+    if batch.labels is None:
+        raise RuleUnavailableError(
+            "SuperSpike's output is spike counts, read as a class: it needs a classification "
+            "task (one label per sequence)."
+        )
+    mask = batch.mask
+    first = mask.to(torch.int64).argmax(0)  # the first step with a target, per sequence
+    on = mask[t] & ((t - first) % SPIKE_EVERY == 0)
+    code = torch.nn.functional.one_hot(batch.labels, outputs).to(batch.x.dtype)
+    return code * on.unsqueeze(1).to(code.dtype)
+
+
+def _step_loss(
+    method: Method,
+    objective: Objective,
+    learner: Any,
+    out: Tensor,
+    batch: SeqBatch,
+    t: int,
+    has_loss: bool,
+) -> Tensor | None:
+    """The loss of step ``t`` that the method backpropagates, before scaling (None: none)."""
+    if method.learner == "superspike" and learner is not None:
+        return learner.rule.van_rossum(out, target_spikes(batch, t, out.shape[-1]))
+    if not has_loss:
+        return None
+    loss = objective.step_loss(out, batch, t)
+    if method.learner == "decolle" and learner is not None:
+        try:
+            loss = loss + learner.rule.local_loss(batch.target[t])
+        except ValueError as exc:  # e.g. a single stateful layer: no layer below the top
+            raise RuleUnavailableError(str(exc)) from exc
+    return loss
 
 
 def detach_tree(state: Any) -> Any:
@@ -197,6 +312,7 @@ def train_batch(
     has_loss = batch.mask.any(dim=1).tolist()
     state = unwrap(model).init_state(size, batch.x.device)
     in_step = parallel_active()  # every process backpropagates at every step (see parallel)
+    online = method.online
     if learner is not None:
         learner.reset()
     optimizer.zero_grad(set_to_none=True)
@@ -215,13 +331,14 @@ def train_batch(
 
     for t in range(steps):
         out, state = model(batch.x[t], state)
-        loss = objective.step_loss(out, batch, t) / scale if has_loss[t] else None
+        loss = _step_loss(method, objective, learner, out, batch, t, has_loss[t])
         if loss is not None:
+            loss = loss / scale
             total += float(loss.detach())
-        elif in_step and method.online:
+        elif in_step and online:
             loss = out.sum() * 0.0
         since += 1
-        if method.online:
+        if online:
             if loss is not None:
                 loss.backward()
                 dirty = True
