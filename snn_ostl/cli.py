@@ -28,7 +28,7 @@ from snn_ostl.tasks.training import LEARNERS, ONLINE_LEARNERS, Method, is_rule, 
 __all__ = ["build_parser", "main"]
 
 FRAMEWORKS = ("snntorch", "norse", "native", "torch")
-CELL_NAMES = ("snu", "ssnu", "leaky", "lif", "lstm")
+CELL_NAMES = ("snu", "ssnu", "leaky", "lif", "lsnn", "lstm")
 DEMO_TASK = "digits"
 #: Epochs of each of the demo's three runs (``--tiny``: the task's tiny configuration).
 DEMO_EPOCHS = 10

@@ -24,7 +24,11 @@ class DelayTask(Task):
 
     name = "delay"
     summary = "synthetic cue / delay / recall (long temporal credit assignment)"
-    cells: ClassVar[dict[str, tuple[str, ...]]] = {"native": ("ssnu", "snu"), "torch": ("lstm",)}
+    cells: ClassVar[dict[str, tuple[str, ...]]] = {
+        "native": ("ssnu", "snu"),
+        "torch": ("lstm",),
+        "norse": ("lsnn",),
+    }
     baselines = ("bptt", "tbptt")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 15,
@@ -48,6 +52,8 @@ class DelayTask(Task):
                 "decay_per_unit": True,
             },
             "snu": {"decay": 0.8, "learn_decay": True, "decay_per_unit": True},
+            # adaptation over about 100 steps keeps the cue across the delay (Bellec et al.)
+            "lsnn": {"tau_adapt_inv": 10.0, "beta": 0.5, "v_th": 0.5},
         },
     }
     tiny: ClassVar[dict[str, Any]] = {

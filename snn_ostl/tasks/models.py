@@ -30,6 +30,7 @@ CELLS = {
     "lif": "norse",
     "lstm": "torch",
     "leaky-rnn": "native",
+    "lsnn": "norse",
 }
 
 #: The models :func:`rule_model` builds, and what each is.
@@ -57,6 +58,13 @@ def _make_cell(cell: str, n_in: int, n_out: int, options: dict[str, Any]) -> nn.
         from norse.torch import LIFCell
 
         return LIFCell(**options)
+    if cell == "lsnn":
+        # adaptive LIF neurons (the ALIF / LSNN units of Bellec et al.), fed by a Linear
+        from norse.torch import LSNNCell
+        from norse.torch.functional.lsnn import LSNNParameters
+
+        fields = {k: torch.as_tensor(v) for k, v in options.items()}
+        return LSNNCell(p=LSNNParameters(**fields))
     if cell == "lstm":
         return nn.LSTMCell(n_in, n_out)
     if cell == "leaky-rnn":
@@ -73,7 +81,7 @@ class StepNet(nn.Module):
         sizes: ``[inputs, hidden_1, ..., hidden_L]``.
         outputs: Size of the readout.
         cell: ``"snu"``, ``"ssnu"``, ``"leaky-rnn"`` (native), ``"leaky"`` (snnTorch),
-            ``"lif"`` (Norse) or ``"lstm"`` (torch).
+            ``"lif"``, ``"lsnn"`` (Norse) or ``"lstm"`` (torch).
         options: Keyword arguments of every neuron (e.g. ``decay`` for the SNU, ``beta`` for
             ``Leaky``, ``tau`` for ``leaky-rnn``); ignored by ``lstm``.
 
@@ -95,7 +103,7 @@ class StepNet(nn.Module):
             raise ValueError(f"unknown cell {cell!r}; known cells: {', '.join(CELLS)}")
         self.cell, self.sizes = cell, list(sizes)
         options = dict(options or {})
-        weightless = cell in ("leaky", "lif")
+        weightless = cell in ("leaky", "lif", "lsnn")
         self.synapses = nn.ModuleList(
             nn.Linear(a, b) if weightless else nn.Identity() for a, b in itertools.pairwise(sizes)
         )
@@ -145,6 +153,7 @@ class StepNet(nn.Module):
             "lif": "norse.LIFCell",
             "lstm": "nn.LSTMCell",
             "leaky-rnn": "LeakyRNNCell",
+            "lsnn": "norse.LSNNCell",
         }[self.cell]
         recurrent = self.cell == "leaky-rnn" or any(
             getattr(n, "recurrent", False) for n in self.neurons

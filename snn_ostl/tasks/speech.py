@@ -101,7 +101,11 @@ class SpeechTask(Task):
 
     name = "speech"
     summary = "spoken digits (FSDD, 3,000 recordings), 2 recurrent sSNU layers, 10 classes"
-    cells: ClassVar[dict[str, tuple[str, ...]]] = {"native": ("ssnu", "snu"), "torch": ("lstm",)}
+    cells: ClassVar[dict[str, tuple[str, ...]]] = {
+        "native": ("ssnu", "snu"),
+        "torch": ("lstm",),
+        "norse": ("lsnn",),
+    }
     baselines = ("bptt", "tbptt")
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 5,

@@ -30,8 +30,8 @@ def test_detach_tree_keeps_structure():
     assert not out[0].s.requires_grad and not out[2][1][0].requires_grad
 
 
-def _one_batch(method: Method, task: str = "delay") -> dict[str, torch.Tensor]:
-    spec = RunSpec(TASKS[task], TASKS[task].config(tiny=True), "ssnu", verbose=False)
+def _one_batch(method: Method, task: str = "delay", cell: str = "ssnu") -> dict[str, torch.Tensor]:
+    spec = RunSpec(TASKS[task], TASKS[task].config(tiny=True), cell, verbose=False)
     data = spec.task.load(spec.config, 0)
     model = build_model(spec, data)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -46,9 +46,14 @@ def _one_batch(method: Method, task: str = "delay") -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_deferred_ostl_update_equals_bptt_update():
-    ostl = _one_batch(Method("ostl"))
-    bptt = _one_batch(Method("bptt"))
+@pytest.mark.parametrize("cell", ["ssnu", "lsnn"])
+def test_deferred_ostl_update_equals_bptt_update(cell):
+    """One stateful layer: the update after one sequence is BPTT's (Norse's adaptive LSNN
+    neurons included)."""
+    if cell == "lsnn":
+        pytest.importorskip("norse")
+    ostl = _one_batch(Method("ostl"), cell=cell)
+    bptt = _one_batch(Method("bptt"), cell=cell)
     for name in bptt:
         torch.testing.assert_close(ostl[name], bptt[name], rtol=1e-5, atol=1e-6)
 
