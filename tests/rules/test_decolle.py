@@ -24,6 +24,8 @@ from equations_local import (
     decolle_synaptic,
     norse_super_surrogate,
 )
+from rule_nets import grads_of as _grads
+from rule_nets import zero_grads as _zero
 from torch import nn
 
 pytest.importorskip("norse")
@@ -125,15 +127,6 @@ def _linear_score(seed: int = 7):
         return w[t]
 
     return loss, delta
-
-
-def _grads(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
-
-
-def _zero(net: nn.Module) -> None:
-    for p in net.parameters():
-        p.grad = None
 
 
 def _run_decolle(net, x, classes, user_loss, rule=None, per_step=True, learner=None):

@@ -16,36 +16,17 @@ import pytest
 import torch
 from conftest import assert_spiking, seeded
 from equations_rtrl import LIFWeights, Readout, SNUWeights, eprop_lif, eprop_snu, snu_forward
+from rule_nets import DECAY, DT, N_IN, N_OUT, B, N, RecurrentSNUNet, T
 from torch import nn
 
 import snn_ostl
 from snn_ostl.testing import max_relative_error
 
-DT = torch.float64
 TOL = 1e-10
-T, B, N_IN, N, N_OUT = 12, 2, 5, 7, 3
-THRESHOLD = 0.4
-DECAY = 0.8
 SLOPE = 5.0
 
 
-class Net(nn.Module):
-    """A recurrent spiking layer and a linear readout."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell = snn_ostl.SNU(
-            N_IN, N, recurrent=True, bias=True, decay=DECAY, threshold=THRESHOLD, dtype=DT
-        )
-        with torch.no_grad():
-            self.cell.bias.uniform_(-0.2, 0.2)
-            # unit thresholds of their own (still trained) make the comparison per neuron
-            self.cell.threshold.add_(torch.linspace(-0.1, 0.1, N, dtype=DT))
-        self.out = nn.Linear(N, N_OUT, dtype=DT)
-
-    def forward(self, x, state):
-        y, state = self.cell(x, state)
-        return self.out(y), state
+Net = RecurrentSNUNet
 
 
 def _data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,31 +15,16 @@ import pytest
 import torch
 from conftest import seeded
 from equations_rtrl import LeakyWeights, Readout, rflo_leaky
-from torch import nn
+from rule_nets import DT, N_IN, N_OUT, B, LeakyRateNet, T
 
 import snn_ostl
-from snn_ostl.cells import LeakyRNNCell
 from snn_ostl.testing import max_relative_error
 
-DT = torch.float64
 TOL = 1e-10
-T, B, N_IN, N, N_OUT = 12, 2, 5, 7, 3
 HIDDEN = ("cell.weight_ih", "cell.weight_hh", "cell.bias")
 
 
-class Net(nn.Module):
-    """Leaky rate units and a linear readout."""
-
-    def __init__(self, tau: float) -> None:
-        super().__init__()
-        self.cell = LeakyRNNCell(N_IN, N, tau=tau, dtype=DT)
-        with torch.no_grad():
-            self.cell.bias.uniform_(-0.5, 0.5)
-        self.out = nn.Linear(N, N_OUT, dtype=DT)
-
-    def forward(self, x, h):
-        h = self.cell(x, h)
-        return self.out(h), h
+Net = LeakyRateNet
 
 
 def _data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,36 +31,18 @@ from equations_rtrl import (
     snap_mask,
     snu_forward,
 )
+from rule_nets import DECAY, DT, N_IN, N_OUT, B, LeakyRateNet, N, RecurrentSNUNet, T
 from torch import nn
 
 import snn_ostl
-from snn_ostl.cells import LeakyRNNCell
 from snn_ostl.testing import max_relative_error
 
-DT = torch.float64
 TOL = 1e-10
-T, B, N_IN, N, N_OUT = 12, 2, 5, 7, 3
-THRESHOLD = 0.4
-DECAY = 0.8
 SLOPE = 5.0
 CELLS = ["snu", "leaky"]
 
 
-class SNUNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.cell = snn_ostl.SNU(
-            N_IN, N, recurrent=True, bias=True, decay=DECAY, threshold=THRESHOLD, dtype=DT
-        )
-        with torch.no_grad():
-            self.cell.bias.uniform_(-0.2, 0.2)
-            self.cell.threshold.add_(torch.linspace(-0.1, 0.1, N, dtype=DT))
-        self.out = nn.Linear(N, N_OUT, dtype=DT)
-
-    def forward(self, x, state):
-        y, state = self.cell(x, state)
-        return self.out(y), state
-
+class SNUNet(RecurrentSNUNet):
     @property
     def recurrent(self) -> nn.Parameter:
         return self.cell.recurrent_weight
@@ -84,17 +66,9 @@ class SNUNet(nn.Module):
         return snu_forward(x, self.weights())[1]
 
 
-class LeakyNet(nn.Module):
+class LeakyNet(LeakyRateNet):
     def __init__(self) -> None:
-        super().__init__()
-        self.cell = LeakyRNNCell(N_IN, N, tau=3.0, dtype=DT)
-        with torch.no_grad():
-            self.cell.bias.uniform_(-0.5, 0.5)
-        self.out = nn.Linear(N, N_OUT, dtype=DT)
-
-    def forward(self, x, h):
-        h = self.cell(x, h)
-        return self.out(h), h
+        super().__init__(tau=3.0)
 
     @property
     def recurrent(self) -> nn.Parameter:

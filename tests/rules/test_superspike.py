@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import assert_spiking, seeded
 from equations_local import DT, NORSE_LIF, NorseLIF, superspike_norse, van_rossum_autograd
+from rule_nets import grads_of as _grads
+from rule_nets import zero_grads as _zero
 from torch import nn
 
 pytest.importorskip("norse")
@@ -105,15 +107,6 @@ def _data(seed: int = 1):
     x = (torch.rand(T, B, N_IN, generator=gen, dtype=DT) < 0.4).to(DT)
     target = (torch.rand(T, B, N_OUT, generator=gen, dtype=DT) < 0.2).to(DT)
     return x, target
-
-
-def _grads(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
-
-
-def _zero(net: nn.Module) -> None:
-    for p in net.parameters():
-        p.grad = None
 
 
 def _run(net, x, target, learner, per_step=True):
