@@ -248,6 +248,8 @@ def _reaches(output: Tensor, target: Tensor) -> bool:
 def _snap_hook(g, part: Tensor, compact: bool):
     """Add ``Σ_b δ_t[b, unit] · part[b, ...]`` to the parameter's ``.grad``."""
 
+    # (a checkpoint of the user's state saves the tensor without it: nothing to warn about)
+    @torch.utils.hooks.unserializable_hook
     def hook(grad: Tensor) -> None:
         flat = grad.detach().reshape(grad.shape[0], -1).to(part.dtype)
         if compact:

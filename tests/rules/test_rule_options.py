@@ -273,3 +273,52 @@ def test_trace_bytes_counts_a_rules_own_traces():
         learner.rule.van_rossum(out, torch.zeros_like(out)).backward()
         assert learner.trace_bytes() == learner.rule.trace_bytes() > 0
         assert learner.summary().splitlines()[-1].startswith("total trace memory: 0.00 MiB")
+
+
+@pytest.mark.parametrize("rule", ["snap-1", "snap-2"])
+def test_snap_whole_sequence_backward_and_checkpoint_resume_give_the_per_step_gradient(rule):
+    """SnAp reads each step's history at that step's state: one backward over the summed
+    losses, and a checkpoint saved mid-sequence and loaded into a fresh learner, give the
+    per-step gradients (no warning about the hooks when the state is saved)."""
+    import io
+    import warnings
+
+    from rule_nets import N_IN, RecurrentSNUNet, T
+
+    torch.manual_seed(0)
+    net = RecurrentSNUNet()
+    x = torch.rand(T, 2, N_IN, dtype=DT) * 2
+    y = torch.rand(T, 2, 3, dtype=DT)
+
+    def run(mode):
+        net.zero_grad(set_to_none=True)
+        learner = snn_ostl.OSTL(net, rule=rule)
+        state, losses = None, []
+        for t in range(T):
+            if mode == "resume" and t == T // 2:
+                buffer = io.BytesIO()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    torch.save({"learner": learner.state_dict(), "state": state}, buffer)
+                learner.detach()
+                learner = snn_ostl.OSTL(net, rule=rule)
+                buffer.seek(0)
+                saved = torch.load(buffer, weights_only=False)
+                learner.load_state_dict(saved["learner"])
+                state = saved["state"]
+            out, state = net(x[t], state)
+            loss = ((out - y[t]) ** 2).sum()
+            if mode == "whole":
+                losses.append(loss)
+            else:
+                loss.backward()
+        if mode == "whole":
+            torch.stack(losses).sum().backward()
+        learner.detach()
+        return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    per_step = run("step")
+    for mode in ("whole", "resume"):
+        other = run(mode)
+        for name, value in per_step.items():
+            torch.testing.assert_close(other[name], value, rtol=1e-12, atol=1e-14)
