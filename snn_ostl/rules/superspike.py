@@ -28,7 +28,6 @@ from __future__ import annotations
 import inspect
 import math
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,47 +36,11 @@ from torch import Tensor, nn
 from snn_ostl.adapter import ElementwiseAdapter
 from snn_ostl.errors import ConfigurationError, Problem, StateError
 from snn_ostl.rules.base import Rule, refuse_distributed, register_rule
+from snn_ostl.traces.filtered import SpikingLayer, double_exponential_step
 
-__all__ = ["SuperSpike", "double_exponential"]
+__all__ = ["SuperSpike"]
 
 FEEDBACK = ("symmetric", "random", "uniform")
-
-
-def double_exponential(tau: float) -> float:
-    """The per-step factor ``exp(-1/tau)`` of a time constant given in steps."""
-    return math.exp(-1.0 / tau)
-
-
-@dataclass
-class _SpikingLayer:
-    """One synapse -> neuron pair under SuperSpike, and its traces."""
-
-    path: str
-    module: nn.Module
-    adapter: ElementwiseAdapter
-    synapse: nn.Linear | None = None
-    synapse_path: str = ""
-    below: str | None = None  # the layer whose spikes feed this synapse
-    decay: list[list[float]] = field(default_factory=list)  # J0[k][j], at rest
-    drive: list[float] = field(default_factory=list)  # c0[k] = ∂s^k/∂a, at rest
-    psp: list[Tensor] | None = None  # ε * x per state, [B, I]
-    psp_bias: list[float] | None = None
-    rise: Tensor | None = None  # α filter, first stage, [B, N, I]
-    elig: Tensor | None = None  # λ, [B, N, I]
-    rise_bias: Tensor | None = None  # [B, N]
-    elig_bias: Tensor | None = None
-    leaves: tuple[Tensor, Tensor, tuple[Tensor, ...]] | None = None  # x, a, s_{t-1}
-    last_new: tuple[weakref.ref, ...] = ()
-    spikes: Tensor | None = None
-
-    def clear(self) -> None:
-        self.psp = self.psp_bias = self.rise = self.elig = None
-        self.rise_bias = self.elig_bias = None
-        self.leaves, self.last_new, self.spikes = None, (), None
-
-    def trace_bytes(self) -> int:
-        tensors = [self.rise, self.elig, self.rise_bias, self.elig_bias, *(self.psp or [])]
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 @register_rule("superspike")
@@ -118,12 +81,12 @@ class SuperSpike(Rule):
             tau_decay,
             seed,
         )
-        self.a_rise, self.a_decay = double_exponential(tau_rise), double_exponential(tau_decay)
-        self.layers: dict[str, _SpikingLayer] = {}
+        self.a_rise, self.a_decay = math.exp(-1.0 / tau_rise), math.exp(-1.0 / tau_decay)
+        self.layers: dict[str, SpikingLayer] = {}
         self.matrices: dict[str, Tensor] = {}
         self._recent: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # synapse -> (out, in)
         self._by_spikes: dict[int, tuple[weakref.ref, str]] = {}  # id(spikes) -> layer
-        self._error: list[Tensor] | None = None  # van Rossum filter of the output error
+        self._error: tuple[Tensor, Tensor] | None = None  # van Rossum filter of the error
         self._last_output: weakref.ref | None = None
 
     def describe(self) -> str:
@@ -155,7 +118,7 @@ class SuperSpike(Rule):
                     )
                 )
             else:
-                self.layers[path] = _SpikingLayer(path, module, adapter)
+                self.layers[path] = SpikingLayer(path, module, adapter)
         return out
 
     def attach(self, learner: Any) -> list[Any]:
@@ -185,7 +148,7 @@ class SuperSpike(Rule):
         if torch.is_grad_enabled():
             self._recent[module] = (output, args[0])
 
-    def _pre(self, layer: _SpikingLayer):
+    def _pre(self, layer: SpikingLayer):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             if not torch.is_grad_enabled():
                 return None
@@ -228,7 +191,7 @@ class SuperSpike(Rule):
         return hook
 
     @staticmethod
-    def _foreign_backward(layer: _SpikingLayer):
+    def _foreign_backward(layer: SpikingLayer):
         def hook(grad: Tensor) -> None:
             raise StateError(
                 f"{layer.path}: a backward pass reached this layer through the model's graph. "
@@ -240,7 +203,7 @@ class SuperSpike(Rule):
 
         return hook
 
-    def _post(self, layer: _SpikingLayer):
+    def _post(self, layer: SpikingLayer):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any):
             if layer.leaves is None or not torch.is_grad_enabled():
                 return None
@@ -256,7 +219,7 @@ class SuperSpike(Rule):
                 retain_graph=True,
                 allow_unused=True,
             )
-            self._advance(layer, x, partials, a)
+            layer.advance(x, partials, a, self.a_rise, self.a_decay)
             # from now on, any gradient reaching the step is a loss the rule does not see
             a.register_hook(self._foreign_backward(layer))
             layer.spikes = spikes
@@ -265,7 +228,7 @@ class SuperSpike(Rule):
 
         return hook
 
-    def _bind(self, layer: _SpikingLayer, synapse: nn.Linear, x: Tensor) -> None:
+    def _bind(self, layer: SpikingLayer, synapse: nn.Linear, x: Tensor) -> None:
         if layer.synapse is None:
             layer.synapse, layer.synapse_path = synapse, self._synapse_paths[synapse]
             hit = self._by_spikes.get(id(x))
@@ -284,7 +247,7 @@ class SuperSpike(Rule):
                 ]
             )
 
-    def _rest_dynamics(self, layer: _SpikingLayer, synapse: nn.Linear) -> None:
+    def _rest_dynamics(self, layer: SpikingLayer, synapse: nn.Linear) -> None:
         """The neuron's sub-threshold partials at rest: the PSP kernel ``ε`` as a filter."""
         adapter, module = layer.adapter, layer.module
         like = torch.zeros(
@@ -316,7 +279,7 @@ class SuperSpike(Rule):
         layer.decay, layer.drive = decay, drive
 
     @staticmethod
-    def _number(layer: _SpikingLayer, grad: Tensor | None) -> float:
+    def _number(layer: SpikingLayer, grad: Tensor | None) -> float:
         if grad is None:
             return 0.0
         flat = grad.flatten()
@@ -335,56 +298,8 @@ class SuperSpike(Rule):
         return float(flat[0])
 
     # ---------------------------------------------------------------- traces
-    def _advance(self, layer: _SpikingLayer, x: Tensor, partials: tuple, a: Tensor) -> None:
-        """``e_t = ∂y/∂a x_t + Σ_k ∂y/∂s^k_{t-1} (ε*x)^k_{t-1}``, then the α filter."""
-        batch = x.shape[0]
-        dy_da = partials[0]
-        dy_da = a.new_zeros(a.shape) if dy_da is None else dy_da
-        dy_da = dy_da.reshape(batch, -1)
-        states = len(layer.drive)
-        old = layer.psp
-        old_bias = layer.psp_bias
-        has_bias = layer.synapse.bias is not None
-        elig = dy_da.unsqueeze(2) * x.unsqueeze(1)  # [B, N, I]
-        elig_b = dy_da.clone() if has_bias else None
-        if old is not None:
-            for k in range(states):
-                g = partials[1 + k]
-                if g is None:
-                    continue
-                g = g.reshape(batch, -1)
-                elig = elig + g.unsqueeze(2) * old[k].unsqueeze(1)
-                if has_bias:
-                    elig_b = elig_b + g * old_bias[k]
-        # the PSP per state: (ε * x)^k_t = Σ_j J0[k][j] (ε * x)^j_{t-1} + c0[k] x_t
-        new, new_bias = [], []
-        for k in range(states):
-            t = layer.drive[k] * x
-            tb = layer.drive[k]
-            if old is not None:
-                for j in range(states):
-                    if layer.decay[k][j]:
-                        t = t + layer.decay[k][j] * old[j]
-                        tb = tb + layer.decay[k][j] * old_bias[j]
-            new.append(t)
-            new_bias.append(tb)
-        layer.psp, layer.psp_bias = new, new_bias
-        ar, ad = self.a_rise, self.a_decay
-        if layer.rise is None:
-            layer.rise = (1 - ar) * elig
-            layer.elig = (1 - ad) * layer.rise
-            if has_bias:
-                layer.rise_bias = (1 - ar) * elig_b
-                layer.elig_bias = (1 - ad) * layer.rise_bias
-        else:
-            layer.rise = ar * layer.rise + (1 - ar) * elig
-            layer.elig = ad * layer.elig + (1 - ad) * layer.rise
-            if has_bias:
-                layer.rise_bias = ar * layer.rise_bias + (1 - ar) * elig_b
-                layer.elig_bias = ad * layer.elig_bias + (1 - ad) * layer.rise_bias
-
     # ---------------------------------------------------------------- learning signal
-    def feedback_matrix(self, upper: _SpikingLayer) -> Tensor:
+    def feedback_matrix(self, upper: SpikingLayer) -> Tensor:
         """``F`` with ``e^{below} = e^{upper} @ F``: shape of the upper synapse's weight."""
         weight = upper.synapse.weight.detach()
         if self.feedback == "symmetric":
@@ -423,18 +338,12 @@ class SuperSpike(Rule):
             )
         self._last_output = weakref.ref(output)
         diff = (output.detach() - target.to(output.dtype)).reshape(output.shape[0], -1)
-        ar, ad = self.a_rise, self.a_decay
-        if self._error is None:
-            rise = (1 - ar) * diff
-            err = (1 - ad) * rise
-        else:
-            rise = ar * self._error[0] + (1 - ar) * diff
-            err = ad * self._error[1] + (1 - ad) * rise
-        self._error = [rise, err]
+        self._error = double_exponential_step(self._error, diff, self.a_rise, self.a_decay)
+        err = self._error[1]
         value = 0.5 * (err**2).sum() / err.shape[0]
         # this step's eligibilities and feedback, kept for a backward that may come later
-        chain: list[tuple[_SpikingLayer, Tensor, Tensor | None, Tensor | None]] = []
-        layer: _SpikingLayer | None = top
+        chain: list[tuple[SpikingLayer, Tensor, Tensor | None, Tensor | None]] = []
+        layer: SpikingLayer | None = top
         while layer is not None:
             below = self.layers[layer.below] if layer.below is not None else None
             matrix = self.feedback_matrix(layer) if below is not None else None
