@@ -5,6 +5,8 @@ synapse operations; :mod:`~snn_ostl.traces.per_synapse` the per-synapse traces o
 synapse, :mod:`~snn_ostl.traces.window` their flush every few steps,
 :mod:`~snn_ostl.traces.dense` full layer Jacobians, :mod:`~snn_ostl.traces.derived` states
 derived from another state, :mod:`~snn_ostl.traces.groups` one parameter's trace and
-:mod:`~snn_ostl.traces.snapshots` which snapshots a pending backward still holds. Traces of
-parameters reached through a chain live in :mod:`snn_ostl.chains`.
+:mod:`~snn_ostl.traces.snapshots` which snapshots a pending backward still holds. Two learning
+rules keep forms of their own: :mod:`~snn_ostl.traces.snap` SnAp-1's compact full-Jacobian
+traces, :mod:`~snn_ostl.traces.filtered` SuperSpike's filtered per-synapse eligibilities.
+Traces of parameters reached through a chain live in :mod:`snn_ostl.chains`.
 """
