@@ -19,6 +19,7 @@ from snn_ostl.traces import dense, snap
 from snn_ostl.traces import forms as T
 from snn_ostl.traces import per_synapse as PS
 from snn_ostl.traces.derived import fold_jacobian
+from snn_ostl.traces.grads import add_to_grad
 from snn_ostl.traces.groups import as_number, stack_partials
 from snn_ostl.traces.window import PLACEHOLDER
 
@@ -246,7 +247,8 @@ def _reaches(output: Tensor, target: Tensor) -> bool:
 
 
 def _snap_hook(g, part: Tensor, compact: bool):
-    """Add ``Σ_b δ_t[b, unit] · part[b, ...]`` to the parameter's ``.grad``."""
+    """Add ``Σ_b δ_t[b, unit] · part[b, ...]`` to the parameter's ``.grad`` (through its
+    hooks, as autograd would)."""
 
     # (a checkpoint of the user's state saves the tensor without it: nothing to warn about)
     @torch.utils.hooks.unserializable_hook
@@ -256,10 +258,6 @@ def _snap_hook(g, part: Tensor, compact: bool):
             term = torch.einsum("bp,bp->p", flat[:, g.units], part)
         else:
             term = torch.einsum("bn,bnp->p", flat, part)
-        term = term.reshape(g.param.shape).to(g.param.dtype)
-        if g.param.grad is None:
-            g.param.grad = term
-        else:
-            g.param.grad.add_(term)
+        add_to_grad(g.param, term)
 
     return hook

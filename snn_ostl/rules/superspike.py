@@ -37,6 +37,7 @@ from snn_ostl.adapter import ElementwiseAdapter
 from snn_ostl.errors import ConfigurationError, Problem, StateError
 from snn_ostl.rules.base import Rule, refuse_distributed, register_rule
 from snn_ostl.traces.filtered import SpikingLayer, double_exponential_step
+from snn_ostl.traces.grads import add_to_grad
 
 __all__ = ["SuperSpike"]
 
@@ -359,9 +360,9 @@ class SuperSpike(Rule):
         signal = err * (scale / err.shape[0])
         for layer, elig, elig_bias, matrix in chain:
             syn = layer.synapse
-            _accumulate(syn.weight, torch.einsum("bi,bij->ij", signal, elig))
+            _add(syn.weight, torch.einsum("bi,bij->ij", signal, elig))
             if syn.bias is not None:
-                _accumulate(syn.bias, torch.einsum("bi,bi->i", signal, elig_bias))
+                _add(syn.bias, torch.einsum("bi,bi->i", signal, elig_bias))
             if matrix is not None:
                 signal = signal @ matrix
 
@@ -396,14 +397,9 @@ class SuperSpike(Rule):
         self.matrices = {k: v.clone() for k, v in state["matrices"].items()}
 
 
-def _accumulate(param: nn.Parameter, grad: Tensor) -> None:
-    if not param.requires_grad:
-        return
-    grad = grad.to(param.dtype)
-    if param.grad is None:
-        param.grad = grad.clone()
-    else:
-        param.grad.add_(grad)
+def _add(param: nn.Parameter, term: Tensor) -> None:
+    if param.requires_grad:  # (a frozen weight gets no update, as under autograd)
+        add_to_grad(param, term)
 
 
 class _Deliver(torch.autograd.Function):

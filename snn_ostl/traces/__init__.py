@@ -7,6 +7,7 @@ synapse, :mod:`~snn_ostl.traces.window` their flush every few steps,
 derived from another state, :mod:`~snn_ostl.traces.groups` one parameter's trace and
 :mod:`~snn_ostl.traces.snapshots` which snapshots a pending backward still holds. Two learning
 rules keep forms of their own: :mod:`~snn_ostl.traces.snap` SnAp-1's compact full-Jacobian
-traces, :mod:`~snn_ostl.traces.filtered` SuperSpike's filtered per-synapse eligibilities.
+traces, :mod:`~snn_ostl.traces.filtered` SuperSpike's filtered per-synapse eligibilities;
+:mod:`~snn_ostl.traces.grads` adds the terms computed outside autograd to ``.grad``.
 Traces of parameters reached through a chain live in :mod:`snn_ostl.chains`.
 """

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from snn_ostl.derivatives import Partial
 from snn_ostl.errors import StateError
+from snn_ostl.traces.grads import add_to_grad
 from snn_ostl.traces.per_synapse import PerSynapseStep
 
 __all__ = ["PLACEHOLDER", "Window", "WindowRef", "contract_base"]
@@ -482,14 +483,7 @@ class Window:
     def _accumulate_reduced(self, grad: Tensor) -> None:
         """Add an averaged term to ``.grad`` through the parameter's hooks, without a backward
         pass (which DDP's reducer would count as a step of its own)."""
-        for hook in (getattr(self.param, "_backward_hooks", None) or {}).values():
-            out = hook(grad)
-            grad = grad if out is None else out
-        with torch.no_grad():
-            if self.param.grad is None:
-                self.param.grad = grad.clone()
-            else:
-                self.param.grad.add_(grad)
+        add_to_grad(self.param, grad)
 
     def zero(self) -> Tensor:
         """What a step's backward returns for the weight: zeros, since hooks expect a tensor."""

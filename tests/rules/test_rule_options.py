@@ -322,3 +322,46 @@ def test_snap_whole_sequence_backward_and_checkpoint_resume_give_the_per_step_gr
         other = run(mode)
         for name, value in per_step.items():
             torch.testing.assert_close(other[name], value, rtol=1e-12, atol=1e-14)
+
+
+def test_snap_terms_pass_the_parameters_own_hooks():
+    """Norse's LIFRecurrentCell zeros its autapses' gradient in a hook on the recurrent
+    weights: SnAp's history terms go through that hook too, so dense SnAp-2 is exact OSTL and
+    SnAp-1 leaves the diagonal at zero."""
+    nt = pytest.importorskip("norse.torch")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rec = nt.LIFRecurrentCell(4, 6, autapses=False).double()
+            self.out = nn.Linear(6, 2, dtype=DT)
+            with torch.no_grad():
+                self.rec.input_weights.mul_(20.0)
+                self.rec.recurrent_weights.mul_(5.0)
+
+        def forward(self, x, state):
+            z, state = self.rec(x, state)
+            return self.out(z), z, state
+
+    torch.manual_seed(0)
+    net = Net()
+    x = torch.rand(10, 3, 4, dtype=DT)
+
+    def grads(rule):
+        net.zero_grad(set_to_none=True)
+        spikes = 0.0
+        with snn_ostl.OSTL(net, rule=rule):
+            state = None
+            for t in range(10):
+                out, z, state = net(x[t], state)
+                spikes += float(z.detach().sum())
+                out.sum().backward()
+        assert 0 < spikes < 10 * 3 * 6
+        return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    exact, snap2, snap1 = grads("ostl"), grads("snap-2"), grads("snap-1")
+    for name, value in exact.items():
+        torch.testing.assert_close(snap2[name], value, rtol=1e-12, atol=1e-14)
+    diagonal = snap1["rec.recurrent_weights"].diagonal()
+    assert torch.equal(diagonal, torch.zeros_like(diagonal))
+    assert not torch.allclose(snap1["rec.recurrent_weights"], exact["rec.recurrent_weights"])
