@@ -71,3 +71,16 @@ def data(steps: int = 12, batch: int = 3, features: int = 8, seed: int = 0, scal
 
 def mean_rates(rates: list[list[float]]) -> list[float]:
     return torch.tensor(rates).mean(0).tolist()
+
+
+def add_norse_pair(net: nn.Module) -> None:
+    """Give ``net`` two Norse layers: ``fc1`` Linear(5, 7) -> ``lif1`` LIFCell -> ``fc2``
+    Linear(7, 3) -> ``lif2`` LIFCell, in float64, the weights scaled by 12 so both spike."""
+    import norse.torch as nt
+
+    net.fc1 = nn.Linear(5, 7, dtype=DT)
+    net.fc2 = nn.Linear(7, 3, dtype=DT)
+    net.lif1, net.lif2 = nt.LIFCell(), nt.LIFCell()
+    with torch.no_grad():
+        net.fc1.weight.mul_(12.0)
+        net.fc2.weight.mul_(12.0)

@@ -21,6 +21,7 @@ import textwrap
 import pytest
 import torch
 from conftest import seeded
+from nets import add_norse_pair
 from torch import nn
 
 pytest.importorskip("snntorch")
@@ -75,12 +76,7 @@ class LeakyNet(Stepper):
 class NorseNet(Stepper):
     def __init__(self):
         super().__init__()
-        self.fc1 = nn.Linear(5, 7, dtype=F64)
-        self.fc2 = nn.Linear(7, 3, dtype=F64)
-        self.lif1, self.lif2 = nt.LIFCell(), nt.LIFCell()
-        with torch.no_grad():
-            self.fc1.weight.mul_(12.0)
-            self.fc2.weight.mul_(12.0)
+        add_norse_pair(self)
 
     def initial(self):
         return (None, None)

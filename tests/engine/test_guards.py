@@ -14,12 +14,12 @@ import copy
 import pytest
 import torch
 from conftest import assert_spiking, seeded
+from nets import add_norse_pair
 from torch import nn
 
 pytest.importorskip("snntorch")
 pytest.importorskip("norse")
 
-import norse.torch as nt
 import snntorch as snn
 from snntorch import utils as snn_utils
 
@@ -68,12 +68,7 @@ class NorseMLP(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(5, 7, dtype=torch.float64)
-        self.fc2 = nn.Linear(7, 3, dtype=torch.float64)
-        self.lif1, self.lif2 = nt.LIFCell(), nt.LIFCell()
-        with torch.no_grad():
-            self.fc1.weight.mul_(12.0)
-            self.fc2.weight.mul_(12.0)
+        add_norse_pair(self)
 
     def forward(self, x):
         s1 = s2 = None

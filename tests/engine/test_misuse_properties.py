@@ -41,6 +41,7 @@ import torch
 from conftest import assert_spiking, seeded
 from hypothesis import HealthCheck, currently_in_test_context, event, given, reject, settings
 from hypothesis import strategies as st
+from nets import add_norse_pair
 from torch import nn
 
 pytest.importorskip("snntorch")
@@ -92,12 +93,7 @@ class NorseNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(5, 7, dtype=torch.float64)
-        self.fc2 = nn.Linear(7, 3, dtype=torch.float64)
-        self.lif1, self.lif2 = nt.LIFCell(), nt.LIFCell()
-        with torch.no_grad():
-            self.fc1.weight.mul_(12.0)
-            self.fc2.weight.mul_(12.0)
+        add_norse_pair(self)
 
     @staticmethod
     def start(lif: nn.Module) -> Any:
