@@ -56,3 +56,18 @@ def grads_of(net: nn.Module) -> dict[str, torch.Tensor]:
 def zero_grads(net: nn.Module) -> None:
     for p in net.parameters():
         p.grad = None
+
+
+def norse_lif_parameters(c):
+    """Norse's LIF parameters in float64 from a :class:`equations_local.NorseLIF` (Norse keeps
+    them in float32 by default, and a float32 0.1 integration factor would differ from the
+    reference's by 1.5e-9)."""
+    from norse.torch.functional.lif import LIFParameters
+
+    return LIFParameters(
+        tau_syn_inv=torch.tensor(c.tau_syn_inv, dtype=DT),
+        tau_mem_inv=torch.tensor(c.tau_mem_inv, dtype=DT),
+        v_leak=torch.tensor(c.v_leak, dtype=DT),
+        v_th=torch.tensor(c.v_th, dtype=DT),
+        v_reset=torch.tensor(c.v_reset, dtype=DT),
+    )

@@ -25,6 +25,7 @@ from equations_local import (
     norse_super_surrogate,
 )
 from rule_nets import grads_of as _grads
+from rule_nets import norse_lif_parameters
 from rule_nets import zero_grads as _zero
 from torch import nn
 
@@ -33,7 +34,7 @@ pytest.importorskip("snntorch")
 
 import norse.torch as nt
 import snntorch as snn
-from norse.torch.functional.lif import LIFFeedForwardState, LIFParameters
+from norse.torch.functional.lif import LIFFeedForwardState
 from snn_ostl.adapters import load_available
 
 import snn_ostl
@@ -52,18 +53,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- Norse model
-def _lif_parameters(c: NorseLIF = NORSE_LIF) -> LIFParameters:
-    """Norse's LIF parameters in float64 (Norse keeps them in float32 by default, and a
-    float32 0.1 integration factor would differ from the reference's by 1.5e-9)."""
-    return LIFParameters(
-        tau_syn_inv=torch.tensor(c.tau_syn_inv, dtype=DT),
-        tau_mem_inv=torch.tensor(c.tau_mem_inv, dtype=DT),
-        v_leak=torch.tensor(c.v_leak, dtype=DT),
-        v_th=torch.tensor(c.v_th, dtype=DT),
-        v_reset=torch.tensor(c.v_reset, dtype=DT),
-    )
-
-
 class NorseStack(nn.Module):
     """(Linear -> LIFCell) x 3 with explicit states; returns the top spikes and every layer's."""
 
@@ -79,7 +68,7 @@ class NorseStack(nn.Module):
                 fc.weight.copy_((torch.rand(b, a, generator=gen, dtype=DT) - 0.3) * gain / a)
                 fc.bias.copy_((torch.rand(b, generator=gen, dtype=DT) - 0.5) * 0.2)
             self.fcs.append(fc)
-        self.lifs = nn.ModuleList(nt.LIFCell(p=_lif_parameters(c)) for _ in self.fcs)
+        self.lifs = nn.ModuleList(nt.LIFCell(p=norse_lif_parameters(c)) for _ in self.fcs)
 
     def forward(self, x, states):
         new, spikes = [], []

@@ -16,13 +16,14 @@ import torch
 from conftest import assert_spiking, seeded
 from equations_local import DT, NORSE_LIF, NorseLIF, superspike_norse, van_rossum_autograd
 from rule_nets import grads_of as _grads
+from rule_nets import norse_lif_parameters
 from rule_nets import zero_grads as _zero
 from torch import nn
 
 pytest.importorskip("norse")
 
 import norse.torch as nt
-from norse.torch.functional.lif import LIFFeedForwardState, LIFParameters
+from norse.torch.functional.lif import LIFFeedForwardState
 from snn_ostl.adapters import load_available
 
 import snn_ostl
@@ -40,18 +41,6 @@ N_IN, N_HID, N_OUT = 6, 8, 5
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _lif_parameters(c: NorseLIF = NORSE_LIF) -> LIFParameters:
-    """Norse's LIF parameters in float64 (its float32 defaults would make the 0.1 integration
-    factor differ from the reference's by 1.5e-9)."""
-    return LIFParameters(
-        tau_syn_inv=torch.tensor(c.tau_syn_inv, dtype=DT),
-        tau_mem_inv=torch.tensor(c.tau_mem_inv, dtype=DT),
-        v_leak=torch.tensor(c.v_leak, dtype=DT),
-        v_th=torch.tensor(c.v_th, dtype=DT),
-        v_reset=torch.tensor(c.v_reset, dtype=DT),
-    )
-
-
 def _linear(a: int, b: int, gen: torch.Generator, gain: float, shift: float) -> nn.Linear:
     fc = nn.Linear(a, b, dtype=DT)
     with torch.no_grad():
@@ -67,9 +56,9 @@ class TwoLayers(nn.Module):
         super().__init__()
         gen = seeded(seed)
         self.fc1 = _linear(N_IN, N_HID, gen, gain=2.5, shift=0.2)
-        self.lif1 = nt.LIFCell(p=_lif_parameters())
+        self.lif1 = nt.LIFCell(p=norse_lif_parameters(NORSE_LIF))
         self.fc2 = _linear(N_HID, N_OUT, gen, gain=2.0, shift=0.2)
-        self.lif2 = nt.LIFCell(p=_lif_parameters())
+        self.lif2 = nt.LIFCell(p=norse_lif_parameters(NORSE_LIF))
 
     def forward(self, x, states):
         s1, s2 = states
@@ -88,7 +77,7 @@ class OneLayer(nn.Module):
     def __init__(self, seed: int = 2, c: NorseLIF = NORSE_LIF) -> None:
         super().__init__()
         self.fc = _linear(N_IN, N_OUT, seeded(seed), gain=2.5, shift=0.2)
-        self.lif = nt.LIFCell(p=_lif_parameters(c))
+        self.lif = nt.LIFCell(p=norse_lif_parameters(c))
 
     def forward(self, x, states):
         (s,) = states
@@ -354,7 +343,7 @@ class ScaledCurrent(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = _linear(N_IN, N_OUT, seeded(0), gain=2.5, shift=0.2)
-        self.lif = nt.LIFCell(p=_lif_parameters())
+        self.lif = nt.LIFCell(p=norse_lif_parameters(NORSE_LIF))
 
     def forward(self, x, state=None):
         return self.lif(2 * self.fc(x), state)
